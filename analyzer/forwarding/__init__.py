@@ -1,0 +1,1 @@
+"""Forwarded-field decoding: FORWARD / XRCPTFORWARD blobs and Dovecot session IDs."""
