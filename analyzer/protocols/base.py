@@ -163,6 +163,15 @@ class TlsStarted(Event):
     seq: int | None  #: the STARTTLS command's seq
 
 
+@dataclass(frozen=True, slots=True)
+class LocatedEvent:
+    """A parser event with where it is in the capture."""
+
+    event: Event  #: what the parser saw
+    frames: tuple[int, ...]  #: frame numbers carrying the event's bytes (ascending, bounded)
+    ts_ns: int  #: capture time of the first of those frames
+
+
 class Parser(Protocol):
     """What the pipeline needs from a protocol parser."""
 

@@ -468,7 +468,8 @@ class ImapParser:
 
     name: ClassVar[str] = "imap"
 
-    def __init__(self, *, max_line: int = 65536, max_literal: int = 65536) -> None:
+    def __init__(self, *, max_line: int = 65536, max_literal: int = 65536, midstream: bool = False) -> None:
+        self._midstream = midstream  # connection start not captured: a first line that is no greeting is normal
         self._max_line = max(1, max_line)
         self._max_literal = max(0, max_literal)
         self._clb = self._new_lb()
@@ -891,9 +892,10 @@ class ImapParser:
                     caps = _capability_code(rest)
                     out.append(Greeting(span, status.decode("ascii"), wire_text(rest), caps or (), False))
                     return
-            out.append(
-                self._anomaly("bad_greeting", span, "the first server line is not * OK, * PREAUTH or * BYE", data)
-            )
+            if not self._midstream:
+                out.append(
+                    self._anomaly("bad_greeting", span, "the first server line is not * OK, * PREAUTH or * BYE", data)
+                )
         if data[:1] == b"+":
             text = data[2:] if data[1:2] == b" " else data[1:]
             self._plus += 1

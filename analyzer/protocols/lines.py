@@ -99,7 +99,8 @@ class LineBuffer:
         buf = self._buf
         i = buf.find(b"\n", self._scan)
         if i < 0:
-            if len(buf) > self._max:
+            # a trailing CR may be the first half of the CRLF that ends a line of exactly max bytes
+            if len(buf) - (1 if buf.endswith(b"\r") else 0) > self._max:
                 # start discarding: remember the prefix, count the rest
                 self._drop_prefix = bytes(buf[: self._max])
                 self._drop_start = self._base

@@ -161,8 +161,9 @@ class Pop3Parser:
 
     name: ClassVar[str] = "pop3"
 
-    def __init__(self, *, max_line: int = DEFAULT_MAX_LINE) -> None:
+    def __init__(self, *, max_line: int = DEFAULT_MAX_LINE, midstream: bool = False) -> None:
         self._max_line = max_line
+        self._midstream = midstream  # the connection start was not captured (no SYN)
         self._lines = {Direction.TO_SERVER: LineBuffer(max_line), Direction.TO_CLIENT: LineBuffer(max_line)}
         self._seq = 0  # next Command.seq
         self._pending: deque[_Pending] = deque()
@@ -348,7 +349,15 @@ class Pop3Parser:
             )
         if state is _ServerState.GREETING:
             self._server = _ServerState.REPLIES
-            self._greeting(span, data, events)
+            if not (self._midstream and self._pending):
+                self._greeting(span, data, events)
+                return
+            # the connection start was not captured and a command is already waiting: this
+            # line answers it; taking it for the greeting would shift every later reply onto
+            # the wrong command
+            events.append(Anomaly(span, "missing_greeting", "first server line answers a command: no greeting "
+                                  "captured", _excerpt(data)))
+            self._reply(span, data, events)
         else:
             self._reply(span, data, events)
 

@@ -276,7 +276,9 @@ class SmtpParser:
         "_variant",
     )
 
-    def __init__(self, *, variant: str = "smtp", max_line: int = 65536) -> None:
+    def __init__(self, *, variant: str = "smtp", max_line: int = 65536, midstream: bool = False) -> None:
+        # midstream (connection start not captured) needs nothing more here: a first reply that
+        # answers a queued command is already told apart from the greeting ("missing_greeting")
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, not {variant!r}")
         if max_line < 16:

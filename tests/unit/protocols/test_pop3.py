@@ -791,3 +791,14 @@ def test_random_bytes_chunking_invariant(script: list[tuple[Direction, bytes]], 
     whole = feed_all(Pop3Parser(max_line=48), script, "whole")
     assert feed_all(Pop3Parser(max_line=48), script, "bytewise") == whole
     assert feed_all(Pop3Parser(max_line=48), script, "random", seed) == whole
+
+
+@pytest.mark.parametrize("chunking", CHUNKINGS)
+def test_midstream_first_reply_is_not_taken_for_the_greeting(chunking: str) -> None:
+    """Capture starts after the greeting: the first +OK answers USER, the next one PASS."""
+    events = feed_all(Pop3Parser(midstream=True), [(C, wire("USER alice\n")), (S, wire("+OK\n")), (C, wire("PASS x\n")),
+                                     (S, wire("-ERR Authentication failed.\n"))], chunking)
+    replies = [e for e in events if isinstance(e, Reply)]
+    assert [(r.answers, r.status) for r in replies] == [(0, "+OK"), (1, "-ERR")]
+    assert [e.code for e in events if isinstance(e, Anomaly)] == ["missing_greeting"]
+    assert not [e for e in events if isinstance(e, Greeting)]
