@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 #: Mail service ports whose flows are always dissected (server side).
 MAIL_PORTS: dict[int, str] = {
@@ -35,6 +36,7 @@ class Limits:
     max_literal: int = 64 * 1024  #: largest IMAP literal kept in a record; larger ones are skipped
     ooo_bytes_per_direction: int = 4 * 1024 * 1024  #: out-of-order bytes held per direction
     ooo_segments_per_direction: int = 4096  #: out-of-order segments held per direction
+    history_bytes: int = 16 * 1024  #: delivered bytes kept per direction to detect conflicting retransmissions
     total_buffer_bytes: int = 256 * 1024 * 1024  #: all out-of-order buffers together
     idle_timeout_ns: int = 3600 * 10**9  #: capture-time idle period after which a flow is flushed
     max_flows: int = 1_000_000  #: open flows of interest; past it the oldest idle ones are flushed
@@ -49,3 +51,4 @@ class Settings:
     content_detection: bool = True  #: also pick flows whose first bytes look like mail
     excerpt_len: int = 256  #: bytes of evidence kept per finding
     limits: Limits = field(default_factory=Limits)
+    trust: Any = None  #: analyzer.rules.trustconf.TrustConfig built from --dovecot-config/--postfix-config/--trusted

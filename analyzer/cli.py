@@ -1,0 +1,133 @@
+"""Command line: ``fwdaudit analyze CAPTURE... [-o DIR]``.
+
+Exit codes: 0 success; 1 a finding reached ``--fail-on``; 2 unusable input or bad
+usage (one line on stderr saying why).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from analyzer import __version__
+from analyzer.config import MAIL_PORTS, Settings
+from analyzer.errors import AnalyzerError, ConfigError
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_INPUT = 2
+
+_CAPTURE_SUFFIXES = (".pcap", ".pcapng", ".cap", ".pcap.gz", ".pcapng.gz", ".cap.gz", ".dmp")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"fwdaudit: {message}\n")
+        raise SystemExit(EXIT_INPUT)
+
+
+def parse_ports(text: str) -> frozenset[int]:
+    """``143,110,1000-1010`` or ``+8143`` (added to the defaults) to a port set."""
+    ports: set[int] = set()
+    extend = text.startswith("+")
+    for part in text.lstrip("+").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if hi else a
+        except ValueError:
+            raise ConfigError(f"--ports: {part!r} is not a port or a range") from None
+        if not (0 < a <= b <= 65535):
+            raise ConfigError(f"--ports: {part!r} is outside 1-65535")
+        ports.update(range(a, b + 1))
+    if extend:
+        ports.update(MAIL_PORTS)
+    if not ports:
+        raise ConfigError("--ports: no port given")
+    return frozenset(ports)
+
+
+def expand_inputs(items: list[str]) -> list[str]:
+    """Capture paths; a directory stands for the capture files in it (sorted by name)."""
+    out: list[str] = []
+    for item in items:
+        if item != "-" and os.path.isdir(item):
+            found = sorted(
+                str(p) for p in Path(item).iterdir() if p.is_file() and p.name.lower().endswith(_CAPTURE_SUFFIXES)
+            )
+            if not found:
+                raise ConfigError(f"{item}: directory holds no capture file (*.pcap, *.pcapng, *.gz)")
+            out.extend(found)
+        else:
+            out.append(item)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="fwdaudit", description="Audit client-identity forwarding by mail proxies in packet captures.")
+    p.add_argument("--version", action="version", version=f"fwdaudit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    a = sub.add_parser("analyze", help="analyze capture files and write reports")
+    a.add_argument("captures", nargs="+", metavar="CAPTURE",
+                   help="pcap or pcapng file (optionally gzip-compressed), a directory of them, or - for stdin")
+    a.add_argument("-o", "--output", default="reports", metavar="DIR", help="output directory (default: reports)")
+    a.add_argument("--format", default="html,json", help="comma list of: html, json (default: html,json)")
+    a.add_argument("--ports", default=None,
+                   help="server ports to dissect, e.g. 143,110,24-25; '+PORTS' adds to the defaults "
+                        f"({','.join(str(x) for x in sorted(MAIL_PORTS))})")
+    a.add_argument("--all-tcp", action="store_true", help="reassemble every TCP flow, not only mail flows")
+    a.add_argument("--no-content-detection", action="store_true",
+                   help="pick flows by port only (no look at the first bytes of other flows)")
+    a.add_argument("--force", action="store_true", help="overwrite existing report files")
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``fwdaudit`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _analyze(args)
+    except AnalyzerError as exc:
+        sys.stderr.write(f"fwdaudit: {exc}\n")
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        sys.stderr.write("fwdaudit: interrupted\n")
+        return 130
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from analyzer.pipeline import analyze
+    from analyzer.report import FORMATS, write_reports
+
+    formats = tuple(dict.fromkeys(f.strip().lower() for f in args.format.split(",") if f.strip()))
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ConfigError(f"--format: unknown format {bad[0] if bad else ''!r} (choose from {', '.join(FORMATS)})")
+    settings = Settings(
+        ports=parse_ports(args.ports) if args.ports else Settings().ports,
+        all_tcp=args.all_tcp,
+        content_detection=not args.no_content_detection,
+    )
+    paths = expand_inputs(args.captures)
+    if paths.count("-") > 1:
+        raise ConfigError("standard input (-) can be given only once")
+    out_dir = Path(args.output)
+    if not args.force:
+        # fail before the (possibly long) analysis, not after it
+        for name in ("report.json", "report.html"):
+            if (out_dir / name).exists():
+                raise ConfigError(f"{out_dir / name} exists; use --force to overwrite or -o to choose another directory")
+    progress = not args.quiet and sys.stderr.isatty()
+    result = analyze(paths, settings, progress=progress)
+    write_reports(result, str(out_dir), formats, force=True)
+    for c in result.unusable:
+        sys.stderr.write(f"fwdaudit: {c.error}\n")
+    if result.unusable:
+        return EXIT_INPUT
+    return EXIT_OK

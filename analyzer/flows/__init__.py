@@ -1,0 +1,1 @@
+"""Flow table, TCP reassembly and flow results."""

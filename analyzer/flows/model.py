@@ -1,0 +1,49 @@
+"""Flow results shared by the engine, the record builder, the rules and the reports."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from analyzer.model import Endpoint
+from analyzer.protocols.base import LocatedEvent
+
+
+@dataclass(slots=True)
+class FlowSummary:
+    """One TCP connection of interest, as reported in ``report.json`` ``flows``."""
+
+    capture: int  #: index of the capture file in the run
+    key: tuple[int, int]  #: (capture, first frame): sort key; ids are assigned in this order
+    client: Endpoint
+    server: Endpoint
+    protocol: str | None  #: imap/pop3/smtp/submission/lmtp, None for non-mail TCP (all-tcp mode)
+    detected_by: str  #: "port", "content" or "port+content"
+    saw_syn: bool  #: the connection start was captured
+    first_frame: int
+    last_frame: int
+    first_ts_ns: int
+    last_ts_ns: int
+    packets_to_server: int
+    packets_to_client: int
+    bytes_to_server: int  #: payload bytes delivered in stream order (retransmissions not counted)
+    bytes_to_client: int
+    gaps_to_server: int
+    gaps_to_client: int
+    gap_bytes_to_server: int
+    gap_bytes_to_client: int
+    retransmitted_bytes: int
+    overlap_conflicts: int  #: overlapping bytes with different content (first arrival kept)
+    ended: str  #: "fin" (both sides), "half-fin", "rst", "reused" (new SYN on the 4-tuple), "idle", "eof"
+    tls: str | None  #: "implicit" (TLS from the first byte), "starttls", or None (cleartext)
+    events: list[LocatedEvent] = field(default_factory=list)  #: dissected events, in capture order
+    streams: dict[str, list[tuple[str, int, Any]]] | None = None  #: raw delivery log (tests only)
+
+
+@dataclass(slots=True)
+class FlowResult:
+    """A flow of interest with its run-wide id."""
+
+    id: int  #: 0-based, in order of (capture, first frame): deterministic
+    community_id: str  #: Community ID v1 of the 5-tuple
+    summary: FlowSummary
