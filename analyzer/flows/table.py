@@ -216,7 +216,32 @@ class Engine:
                     payload = data[34 + doff : end]
                     seq, ack = seqack(data, 38)
                     flags = data[47] | ((data[46] & 1) << 8)
+            elif linktype == LINKTYPE_ETHERNET and data[12:14] == _ETH_IPV6 and len(data) >= 74 and \
+                    data[20] == _IPPROTO_TCP:
+                # IPv6 without extension headers: src+dst (32 bytes) then the ports are one key
+                key = data[22:54] + data[54:58]
+                st = table.get(key)
+                fast_n += 1
+                if st is ignored:
+                    if data[67] & 0x05:
+                        table.pop(key, None)
+                        table.pop(_reverse(key), None)
+                    continue
+                doff = (data[66] >> 4) * 4
+                end = 54 + u16(data, 18)[0]
+                if doff < 20 or 54 + doff > end or end > len(data):
+                    pkt = slow(frame, ts, linktype, data, wirelen)
+                    if pkt is None:
+                        continue
+                    key, seq, ack, flags, payload = pkt
+                else:
+                    payload = data[54 + doff : end]
+                    seq, ack = seqack(data, 58)
+                    flags = data[67] | ((data[66] & 1) << 8)
             else:
+                if linktype == LINKTYPE_ETHERNET and data[12:14] == _ETH_IPV4 and len(data) >= 34 and \
+                        data[14] == 0x45 and data[23] != _IPPROTO_TCP and not (data[20] & 0x3F or data[21]):
+                    continue  # short non-TCP IPv4 (DNS, ICMP): nothing to decode
                 pkt = slow(frame, ts, linktype, data, wirelen)
                 slow_n += 1
                 if pkt is None:
