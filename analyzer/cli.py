@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="fwdaudit", description="Audit client-identity forwarding by mail proxies in packet captures.")
     p.add_argument("--version", action="version", version=f"fwdaudit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser("rules", help="list every rule (id, severity, spec code, title)")
+    r.add_argument("--markdown", action="store_true", help="as a Markdown table (the README's)")
     a = sub.add_parser("analyze", help="analyze capture files and write reports")
     a.add_argument("captures", nargs="+", metavar="CAPTURE",
                    help="pcap or pcapng file (optionally gzip-compressed), a directory of them, or - for stdin")
@@ -84,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-content-detection", action="store_true",
                    help="pick flows by port only (no look at the first bytes of other flows)")
     a.add_argument("--force", action="store_true", help="overwrite existing report files")
+    a.add_argument("--fail-on", default=None, metavar="SEVERITY", choices=("info", "low", "medium", "high"),
+                   help="exit with status 1 when a finding of this severity or higher is reported")
     a.add_argument("-q", "--quiet", action="store_true", help="no progress line")
     return p
 
@@ -92,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fwdaudit`` console script."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "rules":
+            sys.stdout.write(rule_table(markdown=args.markdown))
+            return EXIT_OK
         return _analyze(args)
     except AnalyzerError as exc:
         sys.stderr.write(f"fwdaudit: {exc}\n")
@@ -130,4 +137,23 @@ def _analyze(args: argparse.Namespace) -> int:
         sys.stderr.write(f"fwdaudit: {c.error}\n")
     if result.unusable:
         return EXIT_INPUT
+    if args.fail_on is not None:
+        from analyzer.rules.base import Severity
+
+        threshold = Severity.parse(args.fail_on)
+        if any(f.severity >= threshold for f in result.findings):
+            return EXIT_FINDINGS
     return EXIT_OK
+
+
+def rule_table(markdown: bool = False) -> str:
+    """Every rule, rendered from the rule modules' tables (README.md embeds the Markdown form)."""
+    from analyzer.rules import iter_rule_table
+
+    rows = list(iter_rule_table())
+    if not markdown:
+        return "".join(f"{rid:48} {sev:7} {spec:6} {title}\n" for rid, sev, spec, title in rows)
+    out = ["| rule | severity | spec | what it finds |", "|---|---|---|---|"]
+    bar = "\\|"
+    out += [f"| `{rid}` | {sev} | {spec} | {title.replace('|', bar)} |" for rid, sev, spec, title in rows]
+    return "\n".join(out) + "\n"
