@@ -1,0 +1,248 @@
+"""Size limits of the forwarding carriers, and the servers' overflow replies tied to their cause.
+
+Strategy: the size rules read the per-parameter wire details of each record
+(``ParamDetail.name_wire``/``value_wire``, which count IMAP quotes and escapes
+the way Dovecot's login input buffer does) and the command's ``line_len``. The
+overflow-reply rule walks each flow's replies, and for every ``Input buffer
+full`` / ``Line too long`` / ``Literal size too large`` / Postfix ``command too
+long`` reply finds the command the server was reading (``Reply.answers``, else
+the last client command before the reply), so the finding names both the
+command's frames (its evidence) and the reply's frames (in its facts). Such a
+reply to an ordinary command is reported as INFO; to a forwarding command it
+means the whole forwarding was lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from analyzer.flows.model import FlowResult
+from analyzer.forwarding.extract import IMAP_FORWARD_PREFIX
+from analyzer.forwarding.model import ForwardingRecord
+from analyzer.protocols.base import Command, LocatedEvent, Reply
+from analyzer.rules import RuleContext
+from analyzer.rules.base import Finding, RuleInfo, Severity
+from analyzer.rules.protocol import (
+    LOGIN_MAX_INBUF_SIZE,
+    OVERFLOW_REPLY_RE,
+    event_finding,
+    flow_of,
+    frames_text,
+    records_by_flow,
+    server_software,
+)
+
+IMAP_ID_KEY_MAX = 30  # RFC 2971 3.3; lib-imap/imap-id.h IMAP_ID_KEY_MAX_LEN: longer -> "BAD Invalid ID parameters"
+IMAP_ID_VALUE_MAX = 1024  # RFC 2971 3.3: a value is at most 1024 octets
+IMAP_ID_MAX_PAIRS = 30  # RFC 2971 3.3: no more than 30 field-value pairs (Dovecot has no limit)
+X_FORWARD_NAME_MAX = IMAP_ID_KEY_MAX - len(IMAP_FORWARD_PREFIX)  # spec 1.3: "<name> <= 20" inside x-forward-<name>
+POP3_XCLIENT_MAX_CONTENT = LOGIN_MAX_INBUF_SIZE - 2  # spec A-P2: 1024 content bytes + CRLF fill the 1026-byte buffer
+SMTP_LINE_RECOMMENDED = 512  # Postfix XCLIENT_README; Dovecot splits at 510/512 (counted without CRLF here, so
+# a line Dovecot's submission-login flushes at 512 characters is never reported)
+SUBMISSION_MAX_PARAMETERS = LOGIN_MAX_INBUF_SIZE  # submission-login max_parameters_size -> "500 5.5.2 Line too long"
+LMTP_MAX_PARAMETERS = 4096  # lib-smtp SMTP_COMMAND_DEFAULT_MAX_PARAMETERS_SIZE -> "500 5.5.2 Line too long"
+POSTFIX_LINE_LENGTH_LIMIT = 2048  # postfix line_length_limit default -> "500 5.5.2 Error: command too long"
+POSTFIX_MAX_VALUE = 255  # postfix smtpd.c xclient_cmd(): "501 5.5.4 Error: attribute value too long"
+CRLF_LEN = 2  # line terminator counted in line_len
+
+#: hard server limit on an SMTP-family command's parameters, by protocol (spec 3.3, 4.4)
+SMTP_HARD_LIMITS: dict[str, tuple[int, str]] = {
+    "submission": (SUBMISSION_MAX_PARAMETERS, "Dovecot submission-login: 500 5.5.2 Line too long"),
+    "lmtp": (LMTP_MAX_PARAMETERS, "Dovecot LMTP: 500 5.5.2 Line too long"),
+    "smtp": (POSTFIX_LINE_LENGTH_LIMIT, "Postfix line_length_limit: 500 5.5.2 Error: command too long"),
+}
+
+KEY_TOO_LONG = RuleInfo(
+    "limits.imap_id_key_too_long", Severity.MEDIUM,
+    "IMAP ID key longer than 30 octets (Dovecot: BAD Invalid ID parameters, every field dropped)", "A-I1")
+VALUE_TOO_LONG = RuleInfo(
+    "limits.imap_id_value_too_long", Severity.MEDIUM,
+    "IMAP ID value longer than 1024 octets (Dovecot: BYE Input buffer full)", "A-I2")
+TOO_MANY_PAIRS = RuleInfo(
+    "limits.imap_id_too_many_pairs", Severity.LOW, "IMAP ID with more than 30 pairs (RFC 2971)", "A-I3")
+FORWARD_NAME_TOO_LONG = RuleInfo(
+    "limits.forward_name_too_long_for_imap", Severity.LOW,
+    "Forward variable name over 20 characters: x-forward-<name> would exceed the 30-octet ID key limit", "A-I1")
+POP3_LINE_TOO_LONG = RuleInfo(
+    "limits.pop3_xclient_line_too_long", Severity.MEDIUM,
+    "POP3 XCLIENT line over 1024 content bytes (Dovecot: -ERR Input buffer full)", "A-P2")
+SMTP_LINE_TOO_LONG = RuleInfo(
+    "limits.smtp_xclient_line_too_long", Severity.MEDIUM, "SMTP/LMTP XCLIENT line longer than 512 characters", "A-S3")
+SMTP_OVER_HARD_LIMIT = RuleInfo(
+    "limits.smtp_command_over_server_limit", Severity.MEDIUM,
+    "SMTP/LMTP forwarding command over the server's hard line limit (500 Line too long)", "A-S3")
+POSTFIX_VALUE_TOO_LONG = RuleInfo(
+    "limits.postfix_value_too_long", Severity.MEDIUM,
+    "XCLIENT attribute value over 255 characters to Postfix (501 attribute value too long)", "A-S9")
+OVERFLOW_REPLY = RuleInfo(
+    "limits.overflow_reply", Severity.MEDIUM,
+    "The server answered Input buffer full / Line too long / Literal size too large", None)
+
+RULES: tuple[RuleInfo, ...] = (
+    KEY_TOO_LONG, VALUE_TOO_LONG, TOO_MANY_PAIRS, FORWARD_NAME_TOO_LONG, POP3_LINE_TOO_LONG, SMTP_LINE_TOO_LONG,
+    SMTP_OVER_HARD_LIMIT, POSTFIX_VALUE_TOO_LONG, OVERFLOW_REPLY,
+)
+
+_UNAVAILABLE = ("[UNAVAILABLE]", "[TEMPUNAVAIL]")  # Postfix XCLIENT special values
+
+
+def _imap(ctx: RuleContext, r: ForwardingRecord) -> Iterator[Finding]:
+    sev = None if r.forwarding else Severity.INFO  # an end client's own ID: context only
+    for d in r.details:
+        if d.name_octets > IMAP_ID_KEY_MAX:
+            yield ctx.record_finding(
+                KEY_TOO_LONG, r,
+                f"ID key {d.name!r} is {d.name_octets} octets, over the {IMAP_ID_KEY_MAX}-octet limit: Dovecot "
+                "answers BAD Invalid ID parameters and drops every forwarded field"
+                + (f" (the x-forward- name is {d.name_octets - len(IMAP_FORWARD_PREFIX)} characters, over "
+                   f"{X_FORWARD_NAME_MAX})." if d.name.lower().startswith(IMAP_FORWARD_PREFIX) else "."),
+                [("key", d.name), ("key_octets", d.name_octets), ("limit", IMAP_ID_KEY_MAX)], severity=sev,
+            )
+        if d.value_octets > IMAP_ID_VALUE_MAX or d.value_wire > LOGIN_MAX_INBUF_SIZE:
+            over_buffer = d.value_wire > LOGIN_MAX_INBUF_SIZE
+            yield ctx.record_finding(
+                VALUE_TOO_LONG, r,
+                f"The value of {d.name!r} is {d.value_octets} octets ({d.value_wire} on the wire as {d.form}): "
+                + (f"over Dovecot's {LOGIN_MAX_INBUF_SIZE}-byte login buffer, so it answers "
+                   "* BYE Input buffer full and disconnects." if over_buffer else
+                   f"over the RFC 2971 limit of {IMAP_ID_VALUE_MAX} octets."),
+                [("key", d.name), ("value_octets", d.value_octets), ("value_wire", d.value_wire),
+                 ("limit", IMAP_ID_VALUE_MAX), ("buffer", LOGIN_MAX_INBUF_SIZE), ("over_buffer", over_buffer)],
+                severity=sev,
+            )
+    counted = len(r.params)
+    if counted > IMAP_ID_MAX_PAIRS or "ID: too_many_pairs_kept" in r.problems:
+        yield ctx.record_finding(
+            TOO_MANY_PAIRS, r,
+            f"The ID list has {counted}{' or more' if 'ID: too_many_pairs_kept' in r.problems else ''} pairs, "
+            f"more than the {IMAP_ID_MAX_PAIRS} RFC 2971 allows (Dovecot accepts them).",
+            [("pairs", counted), ("limit", IMAP_ID_MAX_PAIRS)], severity=sev,
+        )
+
+
+def _forward_names(ctx: RuleContext, r: ForwardingRecord) -> Iterator[Finding]:
+    for v in r.forward:
+        if v.origin == "x-forward" or v.name is None or len(v.name) <= X_FORWARD_NAME_MAX:
+            continue
+        yield ctx.record_finding(
+            FORWARD_NAME_TOO_LONG, r,
+            f"The {v.origin} variable name {v.name!r} has {len(v.name)} characters: forwarded on to an IMAP hop as "
+            f"x-forward-{v.name} it exceeds the {IMAP_ID_KEY_MAX}-octet ID key limit and the whole ID is rejected.",
+            [("name", v.name), ("name_len", len(v.name)), ("limit", X_FORWARD_NAME_MAX)],
+        )
+
+
+def _content_len(r: ForwardingRecord) -> int:
+    return max(0, r.line_len - CRLF_LEN)
+
+
+def _smtp(ctx: RuleContext, r: ForwardingRecord, software: str | None) -> Iterator[Finding]:
+    content = _content_len(r)
+    if r.carrier == "XCLIENT" and content > SMTP_LINE_RECOMMENDED:
+        yield ctx.record_finding(
+            SMTP_LINE_TOO_LONG, r,
+            f"The XCLIENT line has {content} characters before CRLF, over the {SMTP_LINE_RECOMMENDED} Postfix "
+            "recommends (Dovecot splits its own XCLIENT at 510/512, so this sender is not a stock Dovecot proxy).",
+            [("line_chars", content), ("line_len", r.line_len), ("limit", SMTP_LINE_RECOMMENDED)],
+        )
+    proto = "smtp" if software == "postfix" else r.protocol
+    hard = SMTP_HARD_LIMITS.get(proto)
+    if hard is not None:
+        verb_len = len(r.verb) + 1
+        params = max(0, content - verb_len)
+        size, reply = (content, hard[1]) if proto == "smtp" else (params, hard[1])
+        if size > hard[0]:
+            yield ctx.record_finding(
+                SMTP_OVER_HARD_LIMIT, r,
+                f"The {r.verb} command carries {size} bytes, over the {hard[0]}-byte limit ({reply}): "
+                "none of its forwarding attributes are applied.",
+                [("size", size), ("limit", hard[0]), ("line_len", r.line_len)],
+            )
+    if r.carrier == "XCLIENT" and (software == "postfix" or (software is None and r.protocol == "smtp")):
+        for d in r.details:
+            raw = d.raw or ""
+            if len(raw) > POSTFIX_MAX_VALUE and raw.upper() not in _UNAVAILABLE:
+                yield ctx.record_finding(
+                    POSTFIX_VALUE_TOO_LONG, r,
+                    f"The {d.name} value is {len(raw)} characters: Postfix rejects values over {POSTFIX_MAX_VALUE} "
+                    "with 501 5.5.4 Error: attribute value too long.",
+                    [("attribute", d.name), ("value_len", len(raw)), ("limit", POSTFIX_MAX_VALUE)],
+                )
+
+
+def _record_rules(ctx: RuleContext) -> Iterator[Finding]:
+    software: dict[int, str | None] = {}
+    for r in ctx.records:
+        if r.carrier == "ID":
+            yield from _imap(ctx, r)
+        elif r.protocol == "pop3" and r.carrier == "XCLIENT":
+            if _content_len(r) > POP3_XCLIENT_MAX_CONTENT:
+                yield ctx.record_finding(
+                    POP3_LINE_TOO_LONG, r,
+                    f"The POP3 {r.verb} line has {_content_len(r)} content bytes, over the {POP3_XCLIENT_MAX_CONTENT} "
+                    f"that fit Dovecot's {LOGIN_MAX_INBUF_SIZE}-byte login buffer: it answers -ERR Input buffer "
+                    "full and disconnects.",
+                    [("content_bytes", _content_len(r)), ("limit", POP3_XCLIENT_MAX_CONTENT)],
+                )
+        elif r.carrier in ("XCLIENT", "XRCPTFORWARD"):
+            if r.flow not in software:
+                fl = flow_of(ctx, r.flow)
+                software[r.flow] = server_software(fl) if fl is not None else None
+            yield from _smtp(ctx, r, software[r.flow])
+        yield from _forward_names(ctx, r)
+
+
+def _cause(flow: FlowResult, idx: int, rep: Reply) -> LocatedEvent | None:
+    """The command a reply answers, else the last client command before it."""
+    events = flow.summary.events
+    if rep.answers is not None:
+        for le in events:
+            if isinstance(le.event, Command) and le.event.seq == rep.answers:
+                return le
+    for le in reversed(events[:idx]):
+        if isinstance(le.event, Command):
+            return le
+    return None
+
+
+def _overflow_replies(ctx: RuleContext) -> Iterator[Finding]:
+    grouped = records_by_flow(ctx.records)
+    for flow in ctx.flows:
+        recs = {r.command_seq: r for r in grouped.get(flow.id, [])}
+        for idx, le in enumerate(flow.summary.events):
+            rep = le.event
+            if not isinstance(rep, Reply):
+                continue
+            m = OVERFLOW_REPLY_RE.search(rep.text)
+            if m is None:
+                continue
+            cause = _cause(flow, idx, rep)
+            cmd = cause.event if cause is not None else None
+            reply_text = f"{rep.status} {rep.text}"
+            if cause is None or not isinstance(cmd, Command):
+                yield event_finding(
+                    ctx, OVERFLOW_REPLY, flow, le,
+                    f"The server answered {reply_text!r} but the command it was reading is not in the capture.",
+                    [("reply", reply_text), ("reply_frames", frames_text(le.frames))], severity=Severity.INFO)
+                continue
+            rec = recs.get(cmd.seq)
+            facts: list[tuple[str, object]] = [
+                ("reply", reply_text), ("reply_frames", frames_text(le.frames)), ("command", cmd.verb),
+                ("command_frames", frames_text(cause.frames)), ("command_line_len", cmd.line_len)]
+            if rec is not None and rec.forwarding:
+                yield ctx.record_finding(
+                    OVERFLOW_REPLY, rec,
+                    f"The server answered {reply_text!r} to this {rec.verb} of {rec.line_len} bytes: every "
+                    "forwarded field in it was lost.",
+                    facts, frames=cause.frames)
+            else:
+                yield event_finding(
+                    ctx, OVERFLOW_REPLY, flow, cause,
+                    f"The server answered {reply_text!r} to the {cmd.verb} command of {cmd.line_len} bytes.",
+                    facts, severity=Severity.INFO)
+
+
+def check(ctx: RuleContext) -> Iterator[Finding]:
+    """Every size-limit finding."""
+    yield from _record_rules(ctx)
+    yield from _overflow_replies(ctx)
