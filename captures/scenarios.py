@@ -58,18 +58,28 @@ def b64(s: str) -> str:
     return base64.b64encode(s.encode()).decode()
 
 
+def login_session(ip: str, port: int, offset_us: int = 0) -> str:
+    """A Dovecot login-service session id (spec 4.3): base64 of 48-bit LE microseconds, LE port, IP."""
+    import ipaddress
+
+    ts = (TS_BASE_NS // 1000 + offset_us) & (2**48 - 1)
+    raw = ts.to_bytes(6, "little") + port.to_bytes(2, "little") + ipaddress.ip_address(ip).packed
+    return base64.b64encode(raw).decode()
+
+
 # ---------------------------------------------------------------------------- conversations
 
 def imap_proxy_backend(proxy: str = "192.0.2.20", backend: str = "192.0.2.30", port: int = 51000,
-                       orig: str = "198.51.100.7", ttl: str = "6", session: str = "q1w2e3r4t5y6u7i8",
+                       orig: str = "198.51.100.7", ttl: str = "6", session: str | None = None,
                        trusted: bool = True) -> Conv:
     """Dovecot 2.4 imap-login proxy -> backend (spec 6.1), pipelined ID + LOGIN."""
     reply = "I OK Trusted ID completed." if trusted else "I OK ID completed."
+    session = session or login_session(orig, 51234)
     return Conv((proxy, port), (backend, 143), [
         (S, lines("* OK [CAPABILITY IMAP4rev1 SASL-IR LOGIN-REFERRALS ID ENABLE IDLE LITERAL+ AUTH=PLAIN] Dovecot ready.\n")),
         (C, lines(f'I ID ("x-session-id" "{session}" "x-originating-ip" "{orig}" "x-originating-port" "51234" '
-                  f'"x-connected-ip" "192.0.2.10" "x-connected-port" "993" "x-proxy-ttl" "{ttl}" '
-                  f'"x-client-transport" "TLS" "x-forward-tenant" "acme")\nL LOGIN "alice" "secret"\n')),
+                  f'"x-connected-ip" "192.0.2.10" "x-connected-port" "143" "x-proxy-ttl" "{ttl}" '
+                  f'"x-client-transport" "insecure" "x-forward-tenant" "acme")\nL LOGIN "alice" "secret"\n')),
         (S, lines(f'* ID ("name" "Dovecot")\n{reply}\nL OK [CAPABILITY IMAP4rev1 IDLE] Logged in\n')),
         (C, lines("A1 SELECT INBOX\n")),
         (S, lines("* 0 EXISTS\nA1 OK [READ-WRITE] Select completed.\n")),
@@ -94,7 +104,7 @@ def pop3_proxy_backend(proxy: str = "192.0.2.20", backend: str = "192.0.2.31") -
     return Conv((proxy, 52000), (backend, 110), [
         (S, lines("+OK [XCLIENT] Dovecot ready.\n")),
         (C, lines(f"XCLIENT ADDR=198.51.100.8 PORT=51235 DESTADDR=192.0.2.10 DESTPORT=995 "
-                  f"SESSION=a1b2c3d4e5f6g7h8 TTL=6 CLIENT-TRANSPORT=TLS FORWARD={fwd}\nUSER alice\n")),
+                  f"SESSION={login_session('198.51.100.8', 51235, 1000)} TTL=6 CLIENT-TRANSPORT=TLS FORWARD={fwd}\nUSER alice\n")),
         (S, lines("+OK Updated\n+OK\n")),
         (C, lines("PASS secret\n")),
         (S, lines("+OK Logged in.\n")),
@@ -112,7 +122,7 @@ def submission_proxy_backend(proxy: str = "192.0.2.20", backend: str = "192.0.2.
                   "250-XCLIENT ADDR PORT PROTO HELO LOGIN SESSION CLIENT-TRANSPORT TTL TIMEOUT DESTNAME DESTADDR "
                   "DESTPORT FORWARD\n250 PIPELINING\n")),
         (C, lines(f"XCLIENT HELO=client.example PROTO=ESMTP TTL=6 PORT=51236 ADDR=IPV6:2001:db8::7 DESTPORT=587 "
-                  f"DESTADDR=192.0.2.10 SESSION=AbCd+2Bef CLIENT-TRANSPORT=TLS FORWARD={fwd}\nEHLO proxy.example\n")),
+                  f"DESTADDR=192.0.2.10 SESSION={login_session('2001:db8::7', 51236, 2000).replace('+', '+2B')} CLIENT-TRANSPORT=TLS FORWARD={fwd}\nEHLO proxy.example\n")),
         (S, lines("220 backend.example Dovecot ready.\n250-backend.example\n250 PIPELINING\n")),
         (C, lines("AUTH PLAIN AGFsaWNlAHNlY3JldA==\n")),
         (S, lines("235 2.7.0 Logged in.\n")),
