@@ -57,7 +57,8 @@ def parse_ttl(raw: str | None) -> tuple[int | None, list[str]]:
 def parse_address(raw: str | None, smtp: bool = False) -> tuple[str | None, list[str]]:
     """Canonical IP text for a forwarded address (``IPV6:`` prefix and brackets removed).
 
-    The ``IPV6:`` prefix is Postfix XCLIENT syntax (``smtp``); elsewhere (POP3, IMAP) it is a problem.
+    The ``IPV6:`` prefix is Postfix XCLIENT syntax (``smtp``); POP3 and IMAP want a bare address, so
+    there a prefixed or bracketed address is invalid and is returned as sent.
     """
     if raw is None:
         return None, []
@@ -75,7 +76,11 @@ def parse_address(raw: str | None, smtp: bool = False) -> tuple[str | None, list
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
-        return raw, ["addr_invalid"]
+        return raw, problems + ["addr_invalid"]
+    if problems and not smtp:
+        # POP3 and IMAP want a bare address (net_addr2ip): the server rejects this one, so the
+        # record keeps it as sent; the problems say what is wrong with it
+        return raw, problems + ["addr_invalid"]
     if raw[:5].upper() == "IPV6:" and ip.version == 4:
         problems.append("addr_ipv6_prefix_on_ipv4")
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:

@@ -298,7 +298,8 @@ def _addresses(ctx: RuleContext, r: ForwardingRecord, software: str | None) -> I
         if raw is None:
             continue
         probs = {p.rsplit(": ", 1)[1] for p in r.problems if p.startswith(key + ": ")}
-        if "addr_invalid" in probs:
+        if "addr_invalid" in probs and not probs & {"addr_brackets", "addr_ipv6_prefix"}:
+            # (a prefixed or bracketed address is invalid for POP3/IMAP too: reported below as syntax)
             yield ctx.record_finding(
                 ADDR_INVALID, r,
                 f"{key} is {_show(raw)}, not an IP address: "
