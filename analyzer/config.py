@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from analyzer.rules.trustconf import TrustConfig
 
 #: Mail service ports whose flows are always dissected (server side).
 MAIL_PORTS: dict[int, str] = {
@@ -51,4 +54,4 @@ class Settings:
     content_detection: bool = True  #: also pick flows whose first bytes look like mail
     excerpt_len: int = 256  #: bytes of evidence kept per finding
     limits: Limits = field(default_factory=Limits)
-    trust: Any = None  #: analyzer.rules.trustconf.TrustConfig built from --dovecot-config/--postfix-config/--trusted
+    trust: TrustConfig | None = None  #: from --dovecot-config / --postfix-config / --trusted (None: replies only)

@@ -116,7 +116,7 @@ LOGIN = RuleInfo("encoding.login_attribute", Severity.MEDIUM,
 XRCPT_BASE64 = RuleInfo("encoding.xrcptforward_base64", Severity.MEDIUM,
                         "XRCPTFORWARD value is base64 instead of xtext of the forward list", "A-S11")
 XRCPT_REJECTED = RuleInfo("encoding.xrcptforward_rejected", Severity.MEDIUM,
-                          "RCPT with XRCPTFORWARD answered 550 5.7.14 or 501 Invalid XRCPTFORWARD", "A-S11")
+                          "RCPT with XRCPTFORWARD answered 501 Invalid XRCPTFORWARD (bad encoding)", "A-S11")
 XRCPT_MAIL = RuleInfo("encoding.xrcptforward_in_mail_from", Severity.MEDIUM,
                       "XRCPTFORWARD on MAIL FROM (not defined)", "A-S11")
 
@@ -556,7 +556,8 @@ def _xrcptforward(ctx: RuleContext, r: ForwardingRecord) -> Iterator[Finding]:
             XRCPT_MAIL, r, "XRCPTFORWARD was sent on MAIL FROM, where Dovecot does not define it.",
             [("verb", r.verb)])
     rep = r.reply
-    if rep is not None and ("5.7.14" in rep.text or "Invalid XRCPTFORWARD" in rep.text):
+    # (550 5.7.14, the untrusted-sender refusal, is trust.xrcptforward_refused_untrusted)
+    if rep is not None and "Invalid XRCPTFORWARD" in rep.text:
         yield ctx.record_finding(
             XRCPT_REJECTED, r,
             f"The backend answered {rep.code} {rep.text!r} to RCPT TO:<{r.address}> with XRCPTFORWARD: the "

@@ -370,10 +370,14 @@ def test_xrcptforward_base64() -> None:
 
 def test_xrcptforward_rejected() -> None:
     rec = make_record(carrier="XRCPTFORWARD",
-                      reply=("550", "5.7.14 Unacceptable XRCPTFORWARD= parameter: You are not from trusted IP"))
+                      reply=("501", "5.5.4 Invalid XRCPTFORWARD= parameter: Invalid hexchar after '+' in xtext"))
     [f] = one(rec, "encoding.xrcptforward_rejected")
-    assert facts(f)["reply_code"] == "550" and facts(f)["reply_frames"] == "6"
+    assert facts(f)["reply_code"] == "501" and facts(f)["reply_frames"] == "6"
     assert one(make_record(carrier="XRCPTFORWARD"), "encoding.xrcptforward_rejected") == []
+    # the untrusted-sender refusal is the trust rule's (A-C1), not an encoding problem
+    untrusted = make_record(carrier="XRCPTFORWARD",
+                            reply=("550", "5.7.14 Unacceptable XRCPTFORWARD= parameter: You are not from trusted IP"))
+    assert one(untrusted, "encoding.xrcptforward_rejected") == []
 
 
 def test_xrcptforward_in_mail_from() -> None:
