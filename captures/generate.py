@@ -173,6 +173,8 @@ def readme() -> str:
         ext = "pcap" if sc.fmt == "pcap" else "pcapng"
         shows = ", ".join(f"{k}={v}" for k, v in sc.must_show.items())
         rows.append(f"| `{sc.name}.{ext}` | {sc.description} | {shows} |")
+    rows.append("| `xss.pcapng` | made by `captures/make_xss.py` (`--check` verifies it): ID values and XCLIENT "
+                "attributes carrying HTML/JS payloads, RTL override and NUL | reports render them inert |")
     return "\n".join(rows) + "\n"
 
 
