@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from analyzer import __version__
@@ -78,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("captures", nargs="+", metavar="CAPTURE",
                    help="pcap or pcapng file (optionally gzip-compressed), a directory of them, or - for stdin")
     a.add_argument("-o", "--output", default="reports", metavar="DIR", help="output directory (default: reports)")
-    a.add_argument("--format", default="html,json", help="comma list of: html, json (default: html,json)")
+    a.add_argument("--format", default="html,json,csv",
+                   help="comma list of: html, json, jsonl, csv (default: html,json,csv)")
+    a.add_argument("--timestamp", action="store_true",
+                   help="record the time of the run in the reports (off by default: same capture, same bytes)")
     a.add_argument("--ports", default=None,
                    help="server ports to dissect, e.g. 143,110,24-25; '+PORTS' adds to the defaults "
                         f"({','.join(str(x) for x in sorted(MAIL_PORTS))})")
@@ -89,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--fail-on", default=None, metavar="SEVERITY", choices=("info", "low", "medium", "high"),
                    help="exit with status 1 when a finding of this severity or higher is reported")
     a.add_argument("-q", "--quiet", action="store_true", help="no progress line")
+    from analyzer.rules.trustconf import add_cli_arguments
+
+    add_cli_arguments(a)
     return p
 
 
@@ -110,16 +117,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     from analyzer.pipeline import analyze
-    from analyzer.report import FORMATS, write_reports
+    from analyzer.report import output_files, parse_formats, write_reports
+    from analyzer.report.jsonout import iso_ns
 
-    formats = tuple(dict.fromkeys(f.strip().lower() for f in args.format.split(",") if f.strip()))
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise ConfigError(f"--format: unknown format {bad[0] if bad else ''!r} (choose from {', '.join(FORMATS)})")
+    formats = parse_formats(args.format)
+    from analyzer.rules.trustconf import trust_from_args
+
+    trust = trust_from_args(args)
+    if trust is not None:
+        for warning in trust.warnings:
+            sys.stderr.write(f"fwdaudit: warning: {warning}\n")
     settings = Settings(
         ports=parse_ports(args.ports) if args.ports else Settings().ports,
         all_tcp=args.all_tcp,
         content_detection=not args.no_content_detection,
+        trust=trust,
     )
     paths = expand_inputs(args.captures)
     if paths.count("-") > 1:
@@ -127,12 +139,13 @@ def _analyze(args: argparse.Namespace) -> int:
     out_dir = Path(args.output)
     if not args.force:
         # fail before the (possibly long) analysis, not after it
-        for name in ("report.json", "report.html"):
+        for name in output_files(formats):
             if (out_dir / name).exists():
                 raise ConfigError(f"{out_dir / name} exists; use --force to overwrite or -o to choose another directory")
     progress = not args.quiet and sys.stderr.isatty()
     result = analyze(paths, settings, progress=progress)
-    write_reports(result, str(out_dir), formats, force=True)
+    generated_at = iso_ns(time.time_ns()) if args.timestamp else None
+    write_reports(result, str(out_dir), formats, force=True, generated_at=generated_at)
     for c in result.unusable:
         sys.stderr.write(f"fwdaudit: {c.error}\n")
     if result.unusable:

@@ -9,6 +9,7 @@ such command must appear as exactly one record with the same values.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,10 @@ from analyzer.config import Settings
 from analyzer.forwarding.model import ForwardingRecord
 from analyzer.pipeline import analyze
 
-REAL = Path(__file__).resolve().parents[1] / "captures" / "real"
+COMMITTED = Path(__file__).resolve().parents[1] / "captures" / "real"
+#: .ci/run records the scenarios again from the real servers into this directory when it can
+#: (FWDAUDIT_REAL_DIR); the same checks then run on the fresh captures instead of the committed ones
+REAL = Path(os.environ.get("FWDAUDIT_REAL_DIR") or COMMITTED)
 EXPECTED = sorted(REAL.glob("*.expected.json"))
 
 
