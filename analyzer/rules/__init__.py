@@ -51,14 +51,7 @@ class RuleContext:
 
 
 def _modules() -> list[ModuleType]:
-    mods = []
-    for name in RULE_MODULES:
-        try:
-            mods.append(import_module(f"analyzer.rules.{name}"))
-        except ModuleNotFoundError as exc:
-            if exc.name != f"analyzer.rules.{name}":
-                raise
-    return mods
+    return [import_module(f"analyzer.rules.{name}") for name in RULE_MODULES]
 
 
 def all_rules() -> list[RuleInfo]:
@@ -68,13 +61,9 @@ def all_rules() -> list[RuleInfo]:
 
 def run_rules(ctx: RuleContext) -> list[Finding]:
     """All findings, sorted by (capture, first frame, rule, offset) and de-duplicated."""
-    try:
-        from analyzer.rules.chains import build_chains
-    except ModuleNotFoundError as exc:
-        if exc.name != "analyzer.rules.chains":
-            raise
-    else:
-        ctx.chains = build_chains(ctx.records, ctx.flows)
+    from analyzer.rules.chains import build_chains
+
+    ctx.chains = build_chains(ctx.records, ctx.flows)
     found: dict[tuple[object, ...], Finding] = {}
     for mod in _modules():
         for f in mod.check(ctx):
