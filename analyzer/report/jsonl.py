@@ -15,10 +15,12 @@ cut an event in two.
 
 from __future__ import annotations
 
-import datetime
+
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
+
+from analyzer.report.jsonout import utc_seconds
 
 EVENT_FINDING = "fwdaudit_finding"
 EVENT_RECORD = "fwdaudit_record"
@@ -26,14 +28,8 @@ EVENT_RECORD = "fwdaudit_record"
 
 def eve_timestamp(ts_ns: int | None) -> str | None:
     """Suricata EVE time: ``2023-11-14T22:13:20.025003+0000`` (UTC, microseconds)."""
-    if ts_ns is None:
-        return None
-    sec, ns = divmod(ts_ns, 10**9)
-    try:
-        base = datetime.datetime.fromtimestamp(sec, tz=datetime.timezone.utc)
-    except (OverflowError, OSError, ValueError):
-        return None
-    return base.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns // 1000:06d}+0000"
+    parts = utc_seconds(ts_ns)
+    return None if parts is None else f"{parts[0]}.{parts[1] // 1000:06d}+0000"
 
 
 def _addresses(out: dict[str, Any], src: Mapping[str, Any] | None, dst: Mapping[str, Any] | None) -> None:

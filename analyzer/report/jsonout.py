@@ -48,8 +48,8 @@ MAX_FILTER_RANGES = 64
 SEVERITY_ORDER = ("high", "medium", "low", "info")
 
 
-def iso_ns(ts_ns: int | None) -> str | None:
-    """RFC 3339 UTC time with nanoseconds, e.g. ``2024-01-02T03:04:05.123456789Z``."""
+def utc_seconds(ts_ns: int | None) -> tuple[str, int] | None:
+    """(``YYYY-MM-DDTHH:MM:SS`` in UTC, the nanoseconds within that second), or None when not representable."""
     if ts_ns is None:
         return None
     sec, ns = divmod(ts_ns, 10**9)
@@ -57,7 +57,13 @@ def iso_ns(ts_ns: int | None) -> str | None:
         base = datetime.datetime.fromtimestamp(sec, tz=datetime.timezone.utc)
     except (OverflowError, OSError, ValueError):
         return None
-    return base.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns:09d}Z"
+    return base.strftime("%Y-%m-%dT%H:%M:%S"), ns
+
+
+def iso_ns(ts_ns: int | None) -> str | None:
+    """RFC 3339 UTC time with nanoseconds, e.g. ``2024-01-02T03:04:05.123456789Z``."""
+    parts = utc_seconds(ts_ns)
+    return None if parts is None else f"{parts[0]}.{parts[1]:09d}Z"
 
 
 def text(value: str | None) -> str | None:
