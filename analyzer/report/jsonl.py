@@ -15,7 +15,6 @@ cut an event in two.
 
 from __future__ import annotations
 
-
 import json
 from collections.abc import Iterator, Mapping
 from typing import Any
