@@ -67,9 +67,14 @@ Strategy:
   no longer needs (amortized compaction). Gap ranges are also kept in two sorted
   columns, so a late byte can be told apart from a retransmitted one by bisect.
 
-  Cost. In-order delivery with nothing held is a fast path: one delta, one
-  comparison, three array appends, a bytearray append for the history, and no
-  copy of the payload (the same ``bytes`` object is returned).
+  Cost. In-order delivery with nothing held is a fast path: one comparison,
+  three array appends, a bytearray append for the history, and no copy of the
+  payload (the same ``bytes`` object is returned). ``release()`` of a stream with
+  nothing held returns at once. A new stream allocates little (a flow table makes
+  two per connection, and keeps hundreds of thousands): the held-key set and the
+  gap columns are shared empty objects until the first piece is held or the
+  first gap declared. ``frames_and_ts`` gives an event's frames and timestamp
+  with one bisect.
 """
 
 from __future__ import annotations
@@ -227,6 +232,13 @@ def _last_diff(a: bytes | bytearray, b: bytes | bytearray, lo: int) -> int:
     return lo
 
 
+_EMPTY_Q: Final = array("q")  # copied (a slice is three times cheaper than array("q")) for new columns
+#: Shared, never mutated: the key set and gap columns of every stream that has not needed its own yet
+#: (most never do). The only writers, _hold and _gap, replace them with fresh objects first.
+_NO_KEYS: Final = _SortedInts()
+_NO_GAPS: Final = array("q")
+
+
 class HalfStream:
     """Reassembles one direction of a TCP connection into ordered data and gap items."""
 
@@ -273,8 +285,11 @@ class HalfStream:
         max_ooo_segments: int = 4096,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
     ) -> None:
-        self.max_ooo_bytes = max(0, max_ooo_bytes)  #: out-of-order bytes held before a gap is forced
-        self.max_ooo_segments = max(0, max_ooo_segments)  #: out-of-order pieces held before a gap is forced
+        # (conditional expressions, not max(): a flow table makes two of these per connection)
+        #: out-of-order bytes held before a gap is forced
+        self.max_ooo_bytes = max_ooo_bytes if max_ooo_bytes > 0 else 0
+        #: out-of-order pieces held before a gap is forced
+        self.max_ooo_segments = max_ooo_segments if max_ooo_segments > 0 else 0
         self.next_offset = 0  #: stream offset of the next byte expected (== bytes delivered + gaps)
         self.started = False  #: a reference sequence number is known (SYN, first segment or FIN seen)
         self.saw_syn = False  #: the base comes from a SYN (offset 0 = ISN + 1)
@@ -292,17 +307,17 @@ class HalfStream:
         self._ref = 0  # sequence number of position 0
         self._next_seq = 0  # sequence number of next_offset (valid once based)
         self._fin: int | None = None  # position of the FIN
-        self._keys = _SortedInts()  # positions of held pieces
+        self._keys = _NO_KEYS  # positions of held pieces (the shared empty set until the first hold)
         self._held: dict[int, tuple[bytes, int, int]] = {}  # position -> (bytes, frame, ts_ns)
         self._hist = bytearray()  # the last delivered bytes, covering [_hist_start, next_offset)
         self._hist_start = 0
-        self._hist_max = max(0, history_bytes)
-        self._iv_start: array[int] = array("q")  # run start offsets (a run ends where the next starts)
-        self._iv_frame: array[int] = array("q")  # frame that delivered the run (GAP_FRAME for a gap)
-        self._iv_ts: array[int] = array("q")  # capture timestamp of that frame
+        self._hist_max = history_bytes if history_bytes > 0 else 0
+        self._iv_start: array[int] = _EMPTY_Q[:]  # run start offsets (a run ends where the next starts)
+        self._iv_frame: array[int] = _EMPTY_Q[:]  # frame that delivered the run (GAP_FRAME for a gap)
+        self._iv_ts: array[int] = _EMPTY_Q[:]  # capture timestamp of that frame
         self._iv_head = 0  # runs before this index were trimmed
-        self._gap_start: array[int] = array("q")  # declared gaps, sorted
-        self._gap_end: array[int] = array("q")
+        self._gap_start: array[int] = _NO_GAPS  # declared gaps, sorted (shared empty array until the first)
+        self._gap_end: array[int] = _NO_GAPS
         self._gap_head = 0
         self._run: list[bytes] = []  # pieces delivered by the current call, not yet emitted
         self._run_start = 0
@@ -343,24 +358,25 @@ class HalfStream:
             ts_ns = _TS_MIN if ts_ns < _TS_MIN else _TS_MAX
         if self._based:
             nxt = self.next_offset
-            d = ((seq - self._next_seq + SEQ_HALF) & SEQ_MASK) - SEQ_HALF
-            if d == 0 and not self._held and self._fin is None:
+            if (seq & SEQ_MASK) == self._next_seq and not self._held and self._fin is None:
                 # fast path: in order, nothing held
                 fr = self._iv_frame
                 if not fr or fr[-1] != frame:
                     self._iv_start.append(nxt)
                     fr.append(frame)
                     self._iv_ts.append(ts_ns)
-                if self._hist_max:
+                hmax = self._hist_max
+                if hmax:
                     h = self._hist
                     h += payload
-                    if len(h) > 2 * self._hist_max:
-                        cut = len(h) - self._hist_max
+                    if len(h) > 2 * hmax:
+                        cut = len(h) - hmax
                         del h[:cut]
                         self._hist_start += cut
                 self.next_offset = nxt + n
                 self._next_seq = (self._next_seq + n) & SEQ_MASK
                 return [("data", nxt, payload)]
+            d = ((seq - self._next_seq + SEQ_HALF) & SEQ_MASK) - SEQ_HALF
             if d > MAX_WINDOW or d + n < -MAX_WINDOW:
                 self.out_of_window += 1
                 return []
@@ -440,6 +456,8 @@ class HalfStream:
 
     def release(self) -> list[Out]:
         """Fix the base of a mid-stream pickup now (the other direction is about to deliver)."""
+        if self._based and not self._held:
+            return []  # the usual case (nothing changes, and _finish already noticed any FIN)
         out: list[Out] = []
         if not self._based:
             self._release(out)
@@ -470,13 +488,29 @@ class HalfStream:
 
     def frames_for(self, start: int, end: int) -> tuple[int, ...]:
         """Frame numbers (ascending, unique) whose delivered bytes cover [start, end)."""
-        end = min(end, self.next_offset)
+        nxt = self.next_offset
+        if end > nxt:
+            end = nxt
         starts = self._iv_start
         n = len(starts)
-        if start >= end or self._iv_head >= n:
+        head = self._iv_head
+        if start >= end or head >= n:
             return ()
-        i = max(bisect_right(starts, start, self._iv_head, n) - 1, self._iv_head)
+        i = bisect_right(starts, start, head, n) - 1
+        if i < head:
+            i = head
+        return self._frames_from(i, end)
+
+    def _frames_from(self, i: int, end: int) -> tuple[int, ...]:
+        """Frames of the runs from index ``i`` that start before ``end``."""
         frames = self._iv_frame
+        starts = self._iv_start
+        n = len(starts)
+        if starts[i] >= end:  # (i was moved up to the first run kept by trim)
+            return ()
+        if i + 1 >= n or starts[i + 1] >= end:  # one run (the usual case: a line inside one segment)
+            f = frames[i]
+            return () if f == GAP_FRAME else (f,)
         found: set[int] = set()
         while i < n and starts[i] < end:
             f = frames[i]
@@ -493,6 +527,23 @@ class HalfStream:
         if i < self._iv_head or self._iv_frame[i] == GAP_FRAME:
             return None
         return self._iv_ts[i]
+
+    def frames_and_ts(self, start: int, end: int) -> tuple[tuple[int, ...], int | None]:
+        """``(frames_for(start, end), ts_for(start))`` with one bisect instead of two."""
+        nxt = self.next_offset
+        starts = self._iv_start
+        n = len(starts)
+        head = self._iv_head
+        if start < 0 or start >= nxt or head >= n:
+            return self.frames_for(start, end), None
+        i = bisect_right(starts, start, head, n) - 1
+        if i < head:  # start lies in a trimmed run
+            return self.frames_for(start, end), None
+        if end > nxt:
+            end = nxt
+        f = self._iv_frame[i]
+        ts = None if f == GAP_FRAME else self._iv_ts[i]
+        return (self._frames_from(i, end) if start < end else ()), ts
 
     def trim(self, before_offset: int) -> None:
         """Forget the frame map (and gap list) for bytes before ``before_offset``.
@@ -571,6 +622,8 @@ class HalfStream:
                 k = keys.ceil(kend)
 
     def _hold(self, pos: int, data: bytes, frame: int, ts_ns: int) -> None:
+        if self._keys is _NO_KEYS:
+            self._keys = _SortedInts()
         self._keys.add(pos)
         self._held[pos] = (data, frame, ts_ns)
         self.ooo_bytes += len(data)
@@ -677,6 +730,9 @@ class HalfStream:
         self._iv_start.append(start)
         self._iv_frame.append(GAP_FRAME)
         self._iv_ts.append(0)
+        if self._gap_end is _NO_GAPS:
+            self._gap_start = _EMPTY_Q[:]
+            self._gap_end = _EMPTY_Q[:]
         self._gap_start.append(start)
         self._gap_end.append(start + length)
         self.next_offset = start + length

@@ -39,6 +39,14 @@ being dissected; after ``* MULTIPLEX 0`` answering an ``ID`` that asked for
 drops the partial line (a gap wholly inside a literal that is only counted
 keeps the direction in sync) and then skips lines until one that looks like a
 command (client) or a reply (server).
+
+Cost: lines come from :meth:`LineBuffer.next_raw` as plain tuples. A command
+without a literal (nearly all of them) is emitted at once, with no ``_Cmd``
+record; an ``ID`` in the form Dovecot writes (quoted pairs, one space apart) is
+read by one regular expression (:func:`_id_params`), any other by
+:class:`_IdList`, which gives the same result for it. A response without a
+literal goes straight to ``_reply``; pending commands are ``(seq, tag, verb)``
+tuples.
 """
 
 from __future__ import annotations
@@ -60,7 +68,10 @@ from analyzer.protocols.base import (
     TlsStarted,
     wire_text,
 )
-from analyzer.protocols.lines import Line, LineBuffer
+from analyzer.protocols.lines import LineBuffer
+
+C2S = Direction.TO_SERVER  # module constants: an Enum member lookup costs a descriptor call
+S2C = Direction.TO_CLIENT
 
 EXCERPT_MAX = 256  # ARCHITECTURE.md / base.Anomaly: excerpts are at most 256 bytes
 IMAP_MAX_NUMBER = 4_294_967_295  # RFC 3501 section 9 / RFC 9051: "number" is an unsigned 32-bit integer
@@ -69,6 +80,7 @@ LITERAL_SIZE_CLAMP = 10**LITERAL_DIGITS_MAX  # "rest of the stream" for absurd l
 ID_MAX_PAIRS_KEPT = 1000  # our bound (design habit 8); RFC 2971 section 3.3 allows 30, Dovecot has no limit
 ID_MAX_KEPT_BYTES = 1 << 20  # our bound on name+value octets kept per ID command
 MAX_PENDING = 1024  # our bound on commands awaiting their tagged reply
+ID_FAST_PATH_MAX = 8192  # our bound: longer ID lists skip the one-regex fast path (its backtracking grows)
 
 #: Stable ``ImapId.problems`` strings.
 ID_PROBLEMS = (
@@ -132,6 +144,9 @@ _ESCAPE = re.compile(rb"\\(.)", re.DOTALL)
 _QUOTED_SPECIAL = re.compile(rb"[\x00\r\n\\]")  # octets that need a closer look inside a quoted string
 #: One ID token: a paren, a quoted string (group 1), an unterminated quoted string (rest of the segment), an atom.
 _ID_TOKEN = re.compile(rb'[()]|("[^"\\]*(?:\\.[^"\\]*)*")|".*|[^ ()]+', re.DOTALL)
+#: The usual ID list: quoted strings without backslash, NUL, CR or LF, in pairs, one space apart (fast path).
+_SIMPLE_ID = re.compile(rb'\("[^"\\\x00\r\n]*" "[^"\\\x00\r\n]*"(?: "[^"\\\x00\r\n]*" "[^"\\\x00\r\n]*")*\)')
+_SIMPLE_STRING = re.compile(rb'"([^"]*)"')
 
 
 def _excerpt(data: bytes) -> bytes:
@@ -171,16 +186,22 @@ def _looks_like_command(data: bytes) -> bool:
     return parsed is not None and parsed[1].upper().decode("ascii") in KNOWN_VERBS
 
 
+_TAGGED_STATUS = {b"OK": "OK", b"NO": "NO", b"BAD": "BAD"}  # RFC 3501 section 7.1: tagged status responses
+
+
 def _split_tagged(data: bytes) -> tuple[bytes, str, bytes] | None:
     """``(tag, status, text)`` of ``tag OK|NO|BAD text``, or None."""
-    tag, rest = _split_word(data)
-    if not tag or tag.translate(None, _TAG_CHARS):
+    sp = data.find(b" ")
+    if sp <= 0:  # no tag, or no status after it
         return None
-    status, text = _split_word(rest)
-    st = status.upper()
-    if st not in (b"OK", b"NO", b"BAD"):
+    tag = data[:sp]
+    if tag.translate(None, _TAG_CHARS):
         return None
-    return tag, st.decode("ascii"), text
+    sp2 = data.find(b" ", sp + 1)
+    status = _TAGGED_STATUS.get((data[sp + 1 :] if sp2 < 0 else data[sp + 1 : sp2]).upper())
+    if status is None:
+        return None
+    return tag, status, b"" if sp2 < 0 else data[sp2 + 1 :]
 
 
 def _looks_like_reply(data: bytes) -> bool:
@@ -195,10 +216,18 @@ def _capability_code(text: bytes) -> tuple[str, ...] | None:
     end = text.find(b"]")
     if end < 0:
         return None
-    words = text[1:end].split(b" ")
-    if words[0].upper() != b"CAPABILITY":
+    inner = text[1:end]
+    sp = inner.find(b" ")
+    if (inner if sp < 0 else inner[:sp]).upper() != b"CAPABILITY":
         return None
-    return tuple(wire_text(w) for w in words[1:] if w)
+    # decoding, then splitting on " ", gives the words wire_text would give one by one (0x20 is
+    # never part of a UTF-8 sequence, and surrogateescape maps every other byte on its own)
+    return _words(inner.decode("utf-8", "surrogateescape"))[1:]
+
+
+def _words(text: str) -> tuple[str, ...]:
+    """The space-separated words of ``text`` (empty ones dropped)."""
+    return tuple(filter(None, text.split(" ")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +445,40 @@ class _IdList:
         return params, tuple(self._problems)
 
 
+def _id_params(args: bytes) -> tuple[tuple[IdParam, ...] | None, tuple[str, ...]]:
+    """``(params, problems)`` of the arguments of a one-line ``ID`` command.
+
+    The usual list (quoted keys and values without escapes, one space apart, as
+    Dovecot's proxy writes it) is read with one regular expression; anything
+    else goes through :class:`_IdList`, which gives the same result for it.
+    """
+    if len(args) <= ID_FAST_PATH_MAX and _SIMPLE_ID.fullmatch(args) is not None:
+        strings = _SIMPLE_STRING.findall(args)
+        # (fewer octets than ID_FAST_PATH_MAX < ID_MAX_KEPT_BYTES: only the pair count can overflow)
+        if len(strings) <= 2 * ID_MAX_PAIRS_KEPT:
+            params = []
+            for i in range(0, len(strings), 2):
+                key = strings[i]
+                value = strings[i + 1]
+                params.append(
+                    IdParam(
+                        key.decode("utf-8", "surrogateescape"),
+                        value.decode("utf-8", "surrogateescape"),
+                        "quoted",
+                        "quoted",
+                        len(key),
+                        len(value),
+                        len(key) + 2,
+                        len(value) + 2,
+                        None,
+                    )
+                )
+            return tuple(params), ()
+    idl = _IdList()
+    idl.line(args)
+    return idl.result()
+
+
 class _Cmd:
     """A client command being read (first line seen, literals or continuation lines pending)."""
 
@@ -452,15 +515,8 @@ class _Resp:
         self.lit_left: int | None = None
 
 
-class _Pending:
-    """A command that has not had its tagged reply."""
-
-    __slots__ = ("seq", "tag", "verb")
-
-    def __init__(self, seq: int, tag: str, verb: str) -> None:
-        self.seq = seq
-        self.tag = tag
-        self.verb = verb
+#: A command that has not had its tagged reply: ``(seq, tag, verb)`` (a tuple: one is made per command).
+_Pending = tuple[int, str, str]
 
 
 class ImapParser:
@@ -497,7 +553,7 @@ class ImapParser:
     def feed(self, direction: Direction, data: bytes) -> list[Event]:
         """Consume the next bytes of one direction; return every event completed by them."""
         out: list[Event] = []
-        if direction is Direction.TO_SERVER:
+        if direction is C2S:
             if self._stopped or self._ceof:
                 self.skipped_bytes += len(data)
                 return out
@@ -516,7 +572,7 @@ class ImapParser:
         out: list[Event] = []
         if length <= 0:
             return out
-        if direction is Direction.TO_SERVER:
+        if direction is C2S:
             if self._stopped or self._ceof:
                 return out
             lb = self._clb
@@ -558,7 +614,7 @@ class ImapParser:
     def eof(self, direction: Direction) -> list[Event]:
         """This direction ended: a partial last line is reported and then parsed as a line."""
         out: list[Event] = []
-        if direction is Direction.TO_SERVER:
+        if direction is C2S:
             if self._stopped or self._ceof:
                 self._ceof = True
                 return out
@@ -575,21 +631,15 @@ class ImapParser:
     # ------------------------------------------------------------------ helpers
 
     def _new_lb(self) -> LineBuffer:
-        """A line buffer one byte longer than ``max_line``; see :meth:`_next_line`."""
-        return LineBuffer(self._max_line + 1)
-
-    def _next_line(self, lb: LineBuffer) -> Line | None:
-        """The next line, over-long when longer than ``max_line`` whatever the chunking.
+        """A line buffer one byte longer than ``max_line``.
 
         ``LineBuffer`` decides "too long" early, on a buffer that may end with the CR of the
         CRLF, so a line of exactly its limit is too long only when CR and LF arrive in
-        different feeds. With one byte of slack and the length test done here, the result
+        different feeds. With one byte of slack and the length test done by the loops
+        (``too_long or length > max_line``, the data then cut to ``max_line``), the result
         does not depend on chunking.
         """
-        line = lb.next_line()
-        if line is None or not (line.too_long or line.length > self._max_line):
-            return line
-        return Line(line.data[: self._max_line], line.start, line.end, True, line.length, line.after_gap)
+        return LineBuffer(self._max_line + 1)
 
     def _anomaly(self, code: str, span: Span, detail: str, excerpt: bytes) -> Anomaly:
         return Anomaly(span, code, detail, _excerpt(excerpt))
@@ -615,19 +665,21 @@ class ImapParser:
                         b"",
                     )
                 )
-        self._pending.append(_Pending(seq, tag, verb))
+        self._pending.append((seq, tag, verb))
 
     def _pending_remove(self, seq: int) -> None:
-        for i in range(len(self._pending) - 1, -1, -1):
-            if self._pending[i].seq == seq:
-                del self._pending[i]
+        pending = self._pending
+        for i in range(len(pending) - 1, -1, -1):
+            if pending[i][0] == seq:
+                del pending[i]
                 return
 
     def _pop_tag(self, tag: str) -> _Pending | None:
-        for i in range(len(self._pending) - 1, -1, -1):
-            p = self._pending[i]
-            if p.tag == tag:
-                del self._pending[i]
+        pending = self._pending
+        for i in range(len(pending) - 1, -1, -1):
+            p = pending[i]
+            if p[1] == tag:
+                del pending[i]
                 return p
         return None
 
@@ -644,6 +696,8 @@ class ImapParser:
 
     def _client_loop(self, out: list[Event]) -> None:
         lb = self._clb
+        next_raw = lb.next_raw
+        max_line = self._max_line
         while not self._stopped:
             cmd = self._cmd
             if cmd is not None and cmd.lit is not None:
@@ -664,10 +718,14 @@ class ImapParser:
                 if cmd.lit_left == 0:
                     self._literal_done(cmd)
                 continue
-            line = self._next_line(lb)
-            if line is None:
+            raw = next_raw()
+            if raw is None:
                 break
-            self._client_line(line, out)
+            data, start, end, too_long, length, _after_gap = raw
+            if too_long or length > max_line:
+                self._client_line(data[:max_line], start, end, True, length, out)
+            else:
+                self._client_line(data, start, end, False, length, out)
 
     def _literal_done(self, cmd: _Cmd) -> None:
         lit = cmd.lit
@@ -682,37 +740,40 @@ class ImapParser:
         if room > 0:
             cmd.args += data[:room]
 
-    def _client_line(self, line: Line, out: list[Event]) -> None:
-        span = Span(Direction.TO_SERVER, line.start, line.end)
-        data = line.data
+    def _client_line(
+        self, data: bytes, start: int, end: int, too_long: bool, length: int, out: list[Event]
+    ) -> None:
+        """One client line (``data`` at most ``max_line`` bytes, ``length`` its true length)."""
         cmd = self._cmd
         if cmd is not None:  # continuation line after a literal
-            if line.too_long:
-                out.append(self._line_too_long(span, line))
+            span = Span(C2S, start, end)
+            if too_long:
+                out.append(self._line_too_long(span, data, length))
                 self._append_args(cmd, data)
-                self._finish_cmd(cmd, line.end, out, with_id=False)
+                self._finish_cmd(cmd, end, out, with_id=False)
                 return
             self._append_args(cmd, data)
             hdr = _literal_header(data)
             if cmd.idl is not None:
                 cmd.idl.line(data if hdr is None else data[: hdr.start])
             if hdr is None:
-                self._finish_cmd(cmd, line.end, out, with_id=True)
+                self._finish_cmd(cmd, end, out, with_id=True)
             else:
                 self._start_literal(cmd, hdr, span, data, out)
             return
         if self._cdesync:
-            if line.too_long or not _looks_like_command(data):
+            if too_long or not _looks_like_command(data):
                 return
             self._cdesync = False
-        if line.too_long:
-            out.append(self._line_too_long(span, line))
+        if too_long:
+            span = Span(C2S, start, end)
+            out.append(self._line_too_long(span, data, length))
             parsed = _split_command(data)
             if parsed is not None:
                 tag, verb, args, _off = parsed
-                cmd = self._new_cmd(tag, verb, line.start, span, out)
+                cmd = self._new_cmd(tag, verb, start, span, out)
                 self._append_args(cmd, args)
-                self._finish_cmd(cmd, line.end, out, with_id=False)
+                self._finish_cmd(cmd, end, out, with_id=False)
             return
         if self._auth is not None:
             if data == b"*":
@@ -724,36 +785,53 @@ class ImapParser:
         if self._idle is not None and data.upper() == b"DONE":
             self._idle = None  # RFC 2177: DONE ends IDLE
             return
+        span = Span(C2S, start, end)
         parsed = _split_command(data)
         if parsed is None:
             out.append(
                 self._anomaly(
-                    "bad_command_line", span, f"a {line.length}-byte client line is not 'tag SP command'", data
+                    "bad_command_line", span, f"a {length}-byte client line is not 'tag SP command'", data
                 )
             )
             return
         tag, verb, args, off = parsed
-        cmd = self._new_cmd(tag, verb, line.start, span, out)
+        hdr = _literal_header(data) if data[-1:] == b"}" else None
+        if hdr is None:
+            # the common case, a one-line command: no _Cmd needed (args fit: the line is not too long)
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            tag_s = tag.decode("ascii")  # tag and verb are printable ASCII (checked by _split_command)
+            verb_s = verb.upper().decode("ascii")
+            self._pending_add(seq, tag_s, verb_s, out, span)
+            line_len = end - start
+            out.append(Command(span, seq, tag_s, verb_s, args, line_len))
+            if verb_s == "ID":
+                params, problems = _id_params(args)
+                out.append(ImapId(span, seq, tag_s, params, problems, line_len))
+                if params is not None and any(p.name.lower() == "x-multiplex" for p in params):
+                    self._mux_requested = True
+            elif verb_s == "AUTHENTICATE":
+                self._auth = tag_s
+            elif verb_s == "IDLE":
+                self._idle = tag_s
+            return
+        cmd = self._new_cmd(tag, verb, start, span, out)
         self._append_args(cmd, args)
-        hdr = _literal_header(data)
         if cmd.verb == "ID":
             cmd.idl = _IdList()
-            cmd.idl.line(args if hdr is None else args[: max(0, hdr.start - off)])
-        if hdr is None:
-            self._finish_cmd(cmd, line.end, out, with_id=True)
-        else:
-            self._start_literal(cmd, hdr, span, data, out)
+            cmd.idl.line(args[: max(0, hdr.start - off)])
+        self._start_literal(cmd, hdr, span, data, out)
 
-    def _line_too_long(self, span: Span, line: Line) -> Anomaly:
+    def _line_too_long(self, span: Span, data: bytes, length: int) -> Anomaly:
         return self._anomaly(
             "line_too_long",
             span,
-            f"a {span.direction.value} line of {line.length} bytes exceeds the {self._max_line}-byte limit",
-            line.data,
+            f"a {span.direction.value} line of {length} bytes exceeds the {self._max_line}-byte limit",
+            data,
         )
 
     def _new_cmd(self, tag: bytes, verb: bytes, start: int, span: Span, out: list[Event]) -> _Cmd:
-        cmd = _Cmd(self._next_seq, wire_text(tag), verb.upper().decode("ascii"), start)
+        cmd = _Cmd(self._next_seq, tag.decode("ascii"), verb.upper().decode("ascii"), start)
         self._next_seq += 1
         self._pending_add(cmd.seq, cmd.tag, cmd.verb, out, span)
         self._cmd = cmd
@@ -780,7 +858,7 @@ class ImapParser:
 
     def _finish_cmd(self, cmd: _Cmd, end: int, out: list[Event], *, with_id: bool) -> None:
         self._cmd = None
-        span = Span(Direction.TO_SERVER, cmd.start, end)
+        span = Span(C2S, cmd.start, end)
         out.append(Command(span, cmd.seq, cmd.tag, cmd.verb, bytes(cmd.args), end - cmd.start))
         if cmd.idl is not None and with_id:
             params, problems = cmd.idl.result()
@@ -801,12 +879,12 @@ class ImapParser:
         cmd = self._cmd
         start = lb.offset
         end = lb.fed_offset
-        span = Span(Direction.TO_SERVER, start, end)
+        span = Span(C2S, start, end)
         if cmd is not None and cmd.lit is not None:
             out.append(
                 self._anomaly(
                     "eof_in_literal",
-                    Span(Direction.TO_SERVER, cmd.start, end),
+                    Span(C2S, cmd.start, end),
                     f"the client stream ended with {cmd.lit_left} octets of a literal still announced",
                     b"",
                 )
@@ -836,7 +914,7 @@ class ImapParser:
                 "eof_in_line", span, f"the client stream ended inside a line of {end - start} bytes", partial
             )
         )
-        self._client_line(Line(body, start, end, False, len(body), False), out)
+        self._client_line(body, start, end, False, len(body), out)
         cmd = self._cmd
         if cmd is not None:  # the last line announced a literal that never came
             self._abort_cmd(cmd)
@@ -845,6 +923,8 @@ class ImapParser:
 
     def _server_loop(self, out: list[Event]) -> None:
         lb = self._slb
+        next_raw = lb.next_raw
+        max_line = self._max_line
         while not self._stopped and not self._mux:
             resp = self._resp
             if resp is not None and resp.lit_left is not None:
@@ -854,34 +934,40 @@ class ImapParser:
                         break
                 resp.lit_left = None
                 continue
-            line = self._next_line(lb)
-            if line is None:
+            raw = next_raw()
+            if raw is None:
                 break
-            self._server_line(line, out)
+            data, start, end, too_long, length, _after_gap = raw
+            if too_long or length > max_line:
+                self._server_line(data[:max_line], start, end, True, length, out)
+            else:
+                self._server_line(data, start, end, False, length, out)
 
-    def _server_line(self, line: Line, out: list[Event]) -> None:
-        span = Span(Direction.TO_CLIENT, line.start, line.end)
-        data = line.data
+    def _server_line(
+        self, data: bytes, start: int, end: int, too_long: bool, length: int, out: list[Event]
+    ) -> None:
+        """One server line (``data`` at most ``max_line`` bytes, ``length`` its true length)."""
         resp = self._resp
         if resp is not None:  # continuation of a response after a literal
             self._append_text(resp, data)
-            if line.too_long:
-                out.append(self._line_too_long(span, line))
-                self._reply_done(resp, line.end, out)
+            if too_long:
+                out.append(self._line_too_long(Span(S2C, start, end), data, length))
+                self._reply_done(resp, end, out)
                 return
             hdr = _literal_header(data)
             if hdr is None:
-                self._reply_done(resp, line.end, out)
+                self._reply_done(resp, end, out)
             else:
-                self._server_literal(resp, hdr, span, data, out)
+                self._server_literal(resp, hdr, Span(S2C, start, end), data, out)
             return
         if self._sdesync:
-            if line.too_long or not _looks_like_reply(data):
+            if too_long or not _looks_like_reply(data):
                 return
             self._sdesync = False
-        if line.too_long:
+        span = Span(S2C, start, end)
+        if too_long:
             self._greeted = True
-            out.append(self._line_too_long(span, line))
+            out.append(self._line_too_long(span, data, length))
             return
         if not self._greeted:
             self._greeted = True
@@ -896,14 +982,13 @@ class ImapParser:
                 out.append(
                     self._anomaly("bad_greeting", span, "the first server line is not * OK, * PREAUTH or * BYE", data)
                 )
-        if data[:1] == b"+":
-            text = data[2:] if data[1:2] == b" " else data[1:]
-            self._plus += 1
-            answers = self._pending[-1].seq if self._pending else None
-            out.append(Reply(span, answers, "+", "+", wire_text(text), False))
-            return
-        if data[:2] == b"* ":
-            word, rest = _split_word(data[2:])
+        head = data[:2]
+        if head == b"* ":
+            sp = data.find(b" ", 2)
+            if sp < 0:
+                word, rest = data[2:], b""
+            else:
+                word, rest = data[2:sp], data[sp + 1 :]
             if word.isdigit():
                 keyword, rest2 = _split_word(rest)
                 status = keyword.upper()
@@ -913,7 +998,15 @@ class ImapParser:
             if not status:
                 out.append(self._anomaly("bad_reply_line", span, "an untagged server line has no keyword", data))
                 return
-            resp = _Resp("*", wire_text(status), text, line.start, False)
+            tag = "*"
+            status_s = status.decode("utf-8", "surrogateescape")
+            final = False
+        elif head[:1] == b"+":
+            text = data[2:] if data[1:2] == b" " else data[1:]
+            self._plus += 1
+            answers = self._pending[-1][0] if self._pending else None
+            out.append(Reply(span, answers, "+", "+", text.decode("utf-8", "surrogateescape"), False))
+            return
         else:
             tagged = _split_tagged(data)
             if tagged is None:
@@ -921,20 +1014,24 @@ class ImapParser:
                     self._anomaly(
                         "bad_reply_line",
                         span,
-                        f"a {line.length}-byte server line is not '* ...', '+ ...' or 'tag OK|NO|BAD'",
+                        f"a {length}-byte server line is not '* ...', '+ ...' or 'tag OK|NO|BAD'",
                         data,
                     )
                 )
                 return
-            tag, st, text = tagged
-            resp = _Resp(wire_text(tag), st, text, line.start, True)
-        resp.text = resp.text[: self._max_line]
-        hdr = _literal_header(data)
-        if hdr is None:
-            self._reply_done(resp, line.end, out)
-        else:
-            self._resp = resp
-            self._server_literal(resp, hdr, span, data, out)
+            tag_b, status_s, text = tagged
+            tag = tag_b.decode("ascii")  # printable ASCII (checked by _split_tagged)
+            final = True
+        if len(text) > self._max_line:
+            text = text[: self._max_line]
+        if data[-1:] == b"}":
+            hdr = _literal_header(data)
+            if hdr is not None:
+                resp = _Resp(tag, status_s, text, start, final)
+                self._resp = resp
+                self._server_literal(resp, hdr, span, data, out)
+                return
+        self._reply(tag, status_s, text, final, span, end, out)
 
     def _append_text(self, resp: _Resp, data: bytes) -> None:
         room = self._max_line - len(resp.text)
@@ -947,24 +1044,31 @@ class ImapParser:
         resp.lit_left = hdr.size
 
     def _reply_done(self, resp: _Resp, end: int, out: list[Event]) -> None:
+        """A response read across literals is complete."""
         self._resp = None
-        span = Span(Direction.TO_CLIENT, resp.start, end)
-        text = bytes(resp.text)
+        span = Span(S2C, resp.start, end)
+        self._reply(resp.tag, resp.status, bytes(resp.text), resp.final, span, end, out)
+
+    def _reply(
+        self, tag: str, status: str, text: bytes, final: bool, span: Span, end: int, out: list[Event]
+    ) -> None:
+        """Emit a complete response and apply what it changes."""
         matched: _Pending | None = None
-        if resp.final:
-            matched = self._pop_tag(resp.tag)
-            answers = matched.seq if matched is not None else None
+        if final:
+            matched = self._pop_tag(tag)
+            answers = matched[0] if matched is not None else None
         else:
-            answers = self._pending[0].seq if self._pending else None
-        out.append(Reply(span, answers, resp.tag, resp.status, wire_text(text), resp.final))
-        if resp.status == "CAPABILITY" and not resp.final:
-            out.append(Capabilities(span, "imap-capability", tuple(wire_text(w) for w in text.split(b" ") if w)))
-        elif resp.status == "OK":
+            answers = self._pending[0][0] if self._pending else None
+        text_s = text.decode("utf-8", "surrogateescape")
+        out.append(Reply(span, answers, tag, status, text_s, final))
+        if status == "CAPABILITY" and not final:
+            out.append(Capabilities(span, "imap-capability", _words(text_s)))
+        elif status == "OK" and text[:1] == b"[":
             caps = _capability_code(text)
             if caps is not None:
                 out.append(Capabilities(span, "imap-capability", caps))
-        if not resp.final:
-            if resp.status == "MULTIPLEX" and _split_word(text)[0] == b"0" and self._mux_requested:
+        if not final:
+            if status == "MULTIPLEX" and _split_word(text)[0] == b"0" and self._mux_requested:
                 out.append(
                     self._anomaly(
                         "multiplex_framing",
@@ -981,14 +1085,15 @@ class ImapParser:
             return
         if matched is None:
             return
-        if matched.verb == "AUTHENTICATE" and self._auth == matched.tag:
+        mseq, mtag, mverb = matched
+        if mverb == "AUTHENTICATE" and self._auth == mtag:
             self._auth = None
-        elif matched.verb == "IDLE" and self._idle == matched.tag:
+        elif mverb == "IDLE" and self._idle == mtag:
             self._idle = None
-        elif resp.status == "OK" and matched.verb == "STARTTLS":
-            out.append(TlsStarted(span, matched.seq))
+        elif status == "OK" and mverb == "STARTTLS":
+            out.append(TlsStarted(span, mseq))
             self._stop()
-        elif resp.status == "OK" and matched.verb == "COMPRESS":
+        elif status == "OK" and mverb == "COMPRESS":
             out.append(
                 self._anomaly(
                     "compressed",
@@ -1004,12 +1109,12 @@ class ImapParser:
         resp = self._resp
         start = lb.offset
         end = lb.fed_offset
-        span = Span(Direction.TO_CLIENT, start, end)
+        span = Span(S2C, start, end)
         if resp is not None and resp.lit_left is not None:
             out.append(
                 self._anomaly(
                     "eof_in_literal",
-                    Span(Direction.TO_CLIENT, resp.start, end),
+                    Span(S2C, resp.start, end),
                     f"the server stream ended with {resp.lit_left} octets of a literal still announced",
                     b"",
                 )
@@ -1036,5 +1141,5 @@ class ImapParser:
         out.append(
             self._anomaly("eof_in_line", span, f"the server stream ended inside a line of {end - start} bytes", partial)
         )
-        self._server_line(Line(body, start, end, False, len(body), False), out)
+        self._server_line(body, start, end, False, len(body), out)
         self._resp = None

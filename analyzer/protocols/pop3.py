@@ -34,13 +34,16 @@ lost inside the gap can shift this matching) or a lone ``.`` (end of a body the
 gap cut into). Over-long lines are reported as ``line_too_long`` and their first
 ``max_line`` bytes are still parsed, so an over-long XCLIENT still gives an
 :class:`Xclient`. Every buffer and count is bounded; peer bytes never raise.
+
+Cost: the lines of a body nobody reads (anything but CAPA) are not framed one
+by one: :meth:`LineBuffer.skip_until` finds the lone ``.`` with two ``find``
+calls per feed and leaves the buffer exactly as line-by-line reading would.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass
 from typing import ClassVar
 
 from analyzer.model import Direction, Span
@@ -56,7 +59,10 @@ from analyzer.protocols.base import (
     XParam,
     wire_text,
 )
-from analyzer.protocols.lines import Line, LineBuffer
+from analyzer.protocols.lines import LineBuffer, RawLine
+
+C2S = Direction.TO_SERVER  # module constants: an Enum member lookup costs a descriptor call
+S2C = Direction.TO_CLIENT
 
 DEFAULT_MAX_LINE = 65536  # config.Limits.max_line; above POP3's 512 (RFC 2449) and Dovecot's 1026
 MAX_PENDING = 1024  # our bound on pipelined commands awaiting a reply (RFC 2449 PIPELINING sets none)
@@ -107,11 +113,16 @@ class _ServerState(enum.Enum):
     DESYNC = "desync"  # after a gap: wait for a status line or a lone "."
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    seq: int  # Command.seq
-    verb: str  # upper-cased verb
-    multiline: bool  # a +OK to it is followed by a dot-terminated body
+# module constants: an Enum member lookup (_ServerState.BODY) costs a descriptor call, once per line
+_GREETING = _ServerState.GREETING
+_REPLIES = _ServerState.REPLIES
+_BODY = _ServerState.BODY
+_DESYNC = _ServerState.DESYNC
+
+
+#: A command awaiting its reply: ``(seq, upper-cased verb, multiline)``, multiline when a +OK to it is
+#: followed by a dot-terminated body (a tuple: one is made per command).
+_Pending = tuple[int, str, bool]
 
 
 def _excerpt(data: bytes) -> bytes:
@@ -120,11 +131,12 @@ def _excerpt(data: bytes) -> bytes:
 
 def _split_verb(data: bytes) -> tuple[bytes, bytes]:
     """Command name and arguments; the name ends at SP or CR (client_read_cmd_name())."""
-    cut = len(data)
-    for sep in (b" ", b"\r"):
-        i = data.find(sep, 0, cut)
-        if i >= 0:
-            cut = i
+    cut = data.find(b" ")
+    if cut < 0:
+        cut = len(data)
+    cr = data.find(b"\r", 0, cut)
+    if cr >= 0:
+        cut = cr
     return data[:cut], data[cut + 1 :]
 
 
@@ -136,8 +148,8 @@ def _plausible_command(data: bytes, *, need_args: bool) -> bool:
 
 
 def _status_text(data: bytes, status: bytes) -> str:
-    rest = data[len(status) :]
-    return wire_text(rest[1:] if rest.startswith(b" ") else rest)
+    n = len(status)
+    return (data[n + 1 :] if data[n : n + 1] == b" " else data[n:]).decode("utf-8", "surrogateescape")
 
 
 def _xparams(args: bytes) -> tuple[tuple[XParam, ...], int]:
@@ -164,11 +176,14 @@ class Pop3Parser:
     def __init__(self, *, max_line: int = DEFAULT_MAX_LINE, midstream: bool = False) -> None:
         self._max_line = max_line
         self._midstream = midstream  # the connection start was not captured (no SYN)
-        self._lines = {Direction.TO_SERVER: LineBuffer(max_line), Direction.TO_CLIENT: LineBuffer(max_line)}
+        # one line buffer per direction, in plain attributes (a dict keyed by Direction would hash the
+        # enum, a Python-level __hash__, on every feed)
+        self._clb = LineBuffer(max_line)
+        self._slb = LineBuffer(max_line)
         self._seq = 0  # next Command.seq
         self._pending: deque[_Pending] = deque()
         self._pending_overflow = False  # too_many_pending already reported
-        self._server = _ServerState.GREETING
+        self._server = _GREETING
         self._client_desync = False  # after a client-side gap: drop lines until a known verb
         self._sasl_seq: int | None = None  # seq of the AUTH whose SASL exchange is open
         self._sasl_due = 0  # "+" continuations the client has not answered yet
@@ -183,29 +198,40 @@ class Pop3Parser:
         """Consume the next bytes of one direction; return every event completed by them."""
         if self._tls:
             return []
-        lb = self._lines[direction]
+        lb = self._clb if direction is C2S else self._slb
         lb.feed(data)
         events: list[Event] = []
+        next_raw = lb.next_raw
+        if direction is C2S:
+            while not self._tls:
+                raw = next_raw()
+                if raw is None:
+                    break
+                self._client_line(raw, events)
+            return events
         while not self._tls:
-            line = lb.next_line()
-            if line is None:
+            if self._server is _BODY and self._capa is None:
+                # a message body nobody reads: only its terminating "." line matters
+                if lb.skip_until(b".") is None:
+                    break
+                self._server = _REPLIES  # what _body_line does for the "." line
+                continue
+            raw = next_raw()
+            if raw is None:
                 break
-            if direction is Direction.TO_SERVER:
-                self._client_line(line, events)
-            else:
-                self._server_line(line, events)
+            self._server_line(raw, events)
         return events
 
     def gap(self, direction: Direction, length: int) -> list[Event]:
         """``length`` bytes of this direction were not captured; report and resynchronize."""
         if self._tls:
             return []
-        lb = self._lines[direction]
+        lb = self._clb if direction is C2S else self._slb
         lost_at = lb.fed_offset  # the missing bytes start here
         start = lb.offset  # start of the interrupted line (or of the over-long line being skipped)
         partial = lb.take(lb.pending())
         events: list[Event] = []
-        if direction is Direction.TO_SERVER:
+        if direction is C2S:
             if self._sasl_due:
                 self._sasl_due = 0  # the lost bytes held (part of) the SASL response
             elif partial and _plausible_command(partial, need_args=True):
@@ -214,9 +240,9 @@ class Pop3Parser:
                 )
             self._client_desync = True
         else:
-            if self._server is _ServerState.BODY:
+            if self._server is _BODY:
                 self._capa = None
-            self._server = _ServerState.DESYNC
+            self._server = _DESYNC
         lb.gap(length)
         detail = f"{length} bytes missing from the {direction.value} stream at offset {lost_at}"
         if lost_at > start:
@@ -230,7 +256,7 @@ class Pop3Parser:
         """This direction ended; report an unterminated line or body."""
         if self._tls:
             return []
-        lb = self._lines[direction]
+        lb = self._clb if direction is C2S else self._slb
         start = lb.offset
         unterminated = lb.fed_offset - start  # also counts an over-long line still being skipped
         partial = lb.take(lb.pending())
@@ -244,7 +270,7 @@ class Pop3Parser:
                     _excerpt(partial),
                 )
             )
-        if direction is Direction.TO_CLIENT and self._server is _ServerState.BODY:
+        if direction is S2C and self._server is _BODY:
             events.append(
                 Anomaly(
                     Span(direction, self._body_start, start + len(partial)),
@@ -253,28 +279,28 @@ class Pop3Parser:
                     b"",
                 )
             )
-            self._server = _ServerState.REPLIES
+            self._server = _REPLIES
             self._capa = None
         return events
 
     # -- client side ----------------------------------------------------------------------
 
-    def _client_line(self, line: Line, events: list[Event]) -> None:
-        if line.after_gap:
+    def _client_line(self, raw: RawLine, events: list[Event]) -> None:
+        data, start, end, too_long, length, after_gap = raw
+        if after_gap:
             return  # the rest of a line whose beginning was lost
         if self._sasl_due:
             self._sasl_due -= 1
             return  # SASL response (or "*" cancel) to a "+" continuation: credentials, not a command
         if self._client_desync:
-            if not _plausible_command(line.data, need_args=False):
+            if not _plausible_command(data, need_args=False):
                 return
             self._client_desync = False
-        span = Span(Direction.TO_SERVER, line.start, line.end)
-        self._command(span, line.data, line.too_long, line.length, events)
+        self._command(Span(C2S, start, end), data, too_long, length, events)
 
     def _command(self, span: Span, data: bytes, too_long: bool, length: int, events: list[Event]) -> None:
         verb_raw, args = _split_verb(data)
-        verb = wire_text(verb_raw.upper())
+        verb = verb_raw.upper().decode("utf-8", "surrogateescape")
         seq = self._seq
         self._seq += 1
         line_len = span.end - span.start
@@ -301,7 +327,7 @@ class Pop3Parser:
                     _excerpt(data),
                 )
             )
-        has_args = args.strip(b" ") != b""
+        has_args = bool(args.strip(b" "))
         multiline = verb in MULTILINE_ALWAYS or (verb in MULTILINE_WITHOUT_ARGS and not has_args)
         if len(self._pending) >= MAX_PENDING:
             self._pending.popleft()
@@ -315,40 +341,40 @@ class Pop3Parser:
                         _excerpt(data),
                     )
                 )
-        self._pending.append(_Pending(seq, verb, multiline))
+        self._pending.append((seq, verb, multiline))
         if verb == "AUTH" and has_args:
             self._sasl_seq = seq
             self._sasl_due = 0
 
     # -- server side ----------------------------------------------------------------------
 
-    def _server_line(self, line: Line, events: list[Event]) -> None:
+    def _server_line(self, raw: RawLine, events: list[Event]) -> None:
+        data, start, end, too_long, length, after_gap = raw
         state = self._server
-        data = line.data
-        if state is _ServerState.BODY:
-            self._body_line(line, events)
+        if state is _BODY:
+            self._body_line(data, end, too_long, events)
             return
-        if line.after_gap:
+        if after_gap:
             return
-        if state is _ServerState.DESYNC:
+        if state is _DESYNC:
             if data == b".":
-                self._server = _ServerState.REPLIES
+                self._server = _REPLIES
                 return
             if not (data.startswith((OK, ERR))):
                 return
-            self._server = _ServerState.REPLIES
-        span = Span(Direction.TO_CLIENT, line.start, line.end)
-        if line.too_long:
+            self._server = _REPLIES
+        span = Span(S2C, start, end)
+        if too_long:
             events.append(
                 Anomaly(
                     span,
                     "line_too_long",
-                    f"server line of {line.length} bytes exceeds the {self._max_line}-byte limit",
+                    f"server line of {length} bytes exceeds the {self._max_line}-byte limit",
                     _excerpt(data),
                 )
             )
-        if state is _ServerState.GREETING:
-            self._server = _ServerState.REPLIES
+        if state is _GREETING:
+            self._server = _REPLIES
             if not (self._midstream and self._pending):
                 self._greeting(span, data, events)
                 return
@@ -387,8 +413,10 @@ class Pop3Parser:
             return
         if data.startswith(OK):
             status = OK
+            status_s = "+OK"
         elif data.startswith(ERR):
             status = ERR
+            status_s = "-ERR"
         else:
             events.append(
                 Anomaly(
@@ -397,11 +425,10 @@ class Pop3Parser:
             )
             return
         pending = self._pending.popleft() if self._pending else None
-        status_s = status.decode("ascii")
         events.append(
             Reply(
                 span,
-                None if pending is None else pending.seq,
+                None if pending is None else pending[0],
                 None,
                 status_s,
                 _status_text(data, status),
@@ -413,17 +440,18 @@ class Pop3Parser:
                 Anomaly(span, "unexpected_reply", f"{status_s} reply with no command pending", _excerpt(data))
             )
             return
-        if pending.seq == self._sasl_seq:
+        seq, verb, multiline = pending
+        if seq == self._sasl_seq:
             self._sasl_seq = None
             self._sasl_due = 0
         if status is not OK:
             return
-        if pending.multiline:
-            self._server = _ServerState.BODY
+        if multiline:
+            self._server = _BODY
             self._body_start = span.start
-            self._capa = [] if pending.verb == "CAPA" else None
+            self._capa = [] if verb == "CAPA" else None
             self._capa_dropped = 0
-        elif pending.verb == "STLS":
+        elif verb == "STLS":
             if self._pending:
                 # commands written after STLS in cleartext, read by the server after the handshake
                 # (STARTTLS command injection, CVE-2011-0411 class)
@@ -435,17 +463,16 @@ class Pop3Parser:
                         b"",
                     )
                 )
-            events.append(TlsStarted(span, pending.seq))
+            events.append(TlsStarted(span, seq))
             self._tls = True
 
-    def _body_line(self, line: Line, events: list[Event]) -> None:
-        data = line.data
-        if data == b"." and not line.too_long:
-            self._server = _ServerState.REPLIES
+    def _body_line(self, data: bytes, end: int, too_long: bool, events: list[Event]) -> None:
+        if data == b"." and not too_long:
+            self._server = _REPLIES
             capa = self._capa
             self._capa = None
             if capa is not None:
-                span = Span(Direction.TO_CLIENT, self._body_start, line.end)
+                span = Span(S2C, self._body_start, end)
                 events.append(Capabilities(span, "capa", tuple(capa)))
                 if self._capa_dropped:
                     events.append(

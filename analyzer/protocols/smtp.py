@@ -56,13 +56,16 @@ client gap is best effort and the ``content_gap`` anomaly marks the flow.
 
 Reply ``final`` is False for 3xx (positive intermediate) replies, 334 and 354,
 which do not complete their command; True otherwise.
+
+Cost: a one-line reply (most of them) skips the multi-line assembly; per-direction
+state lives in plain attributes, pending commands are tuples, and attribute
+tokens go to :func:`~analyzer.protocols.xtext.param_from_wire` as bytes.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
-from dataclasses import dataclass
 from typing import ClassVar
 
 from analyzer.model import Direction, Span
@@ -80,8 +83,8 @@ from analyzer.protocols.base import (
     XParam,
     wire_text,
 )
-from analyzer.protocols.lines import Line, LineBuffer
-from analyzer.protocols.xtext import make_param
+from analyzer.protocols.lines import LineBuffer
+from analyzer.protocols.xtext import param_from_wire
 
 C2S = Direction.TO_SERVER
 S2C = Direction.TO_CLIENT
@@ -162,23 +165,25 @@ class _Mode(enum.Enum):
     STOPPED = "stopped"  # TLS: nothing is dissected any more
 
 
-@dataclass(frozen=True, slots=True)
-class _Pending:
-    """A command awaiting its reply (or replies)."""
+# module constants: an Enum member lookup (_Mode.LINES) costs a descriptor call, and the modes are
+# tested once per line
+_LINES = _Mode.LINES
+_HOLD = _Mode.HOLD
+_BODY = _Mode.BODY
+_CHUNK = _Mode.CHUNK
+_STOPPED = _Mode.STOPPED
 
-    seq: int  # Command.seq; LOST for a command lost in a client gap
-    verb: str  # upper-cased verb ("DATA"/"BDAT" also for the end-of-data entry); "" when lost
-    end_of_data: bool = False  # this entry stands for the reply to the end of a body / BDAT LAST
-    per_recipient: bool = False  # LMTP end of data: one reply per accepted recipient (RFC 2033 4.2)
+
+#: A command awaiting its reply (or replies): ``(seq, verb, end_of_data, per_recipient)`` (a tuple: one is
+#: made per command). seq: ``Command.seq``, LOST for a command lost in a client gap; verb: upper-cased
+#: (``DATA``/``BDAT`` also for the end-of-data entry), ``""`` when lost; end_of_data: the entry stands for
+#: the reply to the end of a body / BDAT LAST; per_recipient: LMTP end of data, one reply per accepted
+#: recipient (RFC 2033 4.2).
+_Pending = tuple[int, str, bool, bool]
 
 
 def _excerpt(data: bytes) -> bytes:
     return bytes(data[:MAX_EXCERPT])
-
-
-def _is_reply_line(data: bytes) -> bool:
-    """``ddd``, ``ddd text`` or ``ddd-text`` (RFC 5321 4.2)."""
-    return len(data) >= 3 and data[:3].isdigit() and (len(data) == 3 or data[3] in b" -")
 
 
 def _looks_like_command(data: bytes) -> bool:
@@ -232,13 +237,6 @@ def _split_path(args: bytes, keyword: bytes) -> tuple[bytes, bytes, str | None]:
     return path, (b"" if sp < 0 else rest[sp:]), problem or "path without <>"
 
 
-def _param(token: bytes) -> XParam:
-    eq = token.find(b"=")
-    if eq < 0:
-        return make_param(wire_text(token), "", False)
-    return make_param(wire_text(token[:eq]), wire_text(token[eq + 1 :]), True)
-
-
 class SmtpParser:
     """Sans-IO parser of one SMTP, Submission or LMTP connection (both directions)."""
 
@@ -248,16 +246,17 @@ class SmtpParser:
         "_auth_active",
         "_body_gap",
         "_body_start",
+        "_cdesync",
+        "_ceof",
+        "_cfed",
         "_chunk_left",
+        "_clb",
+        "_cshift",
         "_data_seq",
-        "_desync",
-        "_eof",
-        "_fed",
         "_gap_seen",
         "_greeted",
         "_head_answers",
         "_hold_gap",
-        "_lb",
         "_max_line",
         "_mode",
         "_overflow",
@@ -270,8 +269,11 @@ class SmtpParser:
         "_r_start",
         "_rcpt_ok",
         "_sasl_next",
+        "_sdesync",
+        "_seof",
         "_seq",
-        "_shift",
+        "_sfed",
+        "_slb",
         "_tail",
         "_variant",
     )
@@ -285,13 +287,19 @@ class SmtpParser:
             raise ValueError("max_line must be at least 16")
         self._variant = variant
         self._max_line = max_line
-        self._lb = {C2S: LineBuffer(max_line), S2C: LineBuffer(max_line)}
-        self._shift = {C2S: 0, S2C: 0}  # stream offset = LineBuffer offset + shift (bypassed bytes)
-        self._fed = {C2S: 0, S2C: 0}  # stream offset just past the last byte fed or lost
+        # per-direction state in plain attributes (c: client->server, s: server->client): a dict keyed
+        # by Direction would hash the enum (a Python-level __hash__) on every access
+        self._clb = LineBuffer(max_line)
+        self._slb = LineBuffer(max_line)
+        self._cshift = 0  # client stream offset = LineBuffer offset + shift (bytes that bypassed it)
+        self._cfed = 0  # stream offset just past the last byte fed or lost
+        self._sfed = 0
         self._gap_seen = False  # any gap so far: reply matching is best effort
-        self._desync = {C2S: False, S2C: False}  # skipping lines until one that looks right
-        self._eof = {C2S: False, S2C: False}
-        self._mode = _Mode.LINES
+        self._cdesync = False  # skipping lines until one that looks right
+        self._sdesync = False
+        self._ceof = False
+        self._seof = False
+        self._mode = _LINES
         self._tail = b""  # last <= 4 body bytes, to find a CRLF.CRLF split across feeds
         self._body_gap = False  # the current body had a gap
         self._hold_gap = False  # a gap hit the bytes held after DATA
@@ -325,28 +333,35 @@ class SmtpParser:
         events: list[Event] = []
         if not data:
             return events
-        start = self._fed[direction]
-        self._fed[direction] = start + len(data)
-        if self._mode is _Mode.STOPPED:
-            return events
         if direction is C2S:
+            start = self._cfed
+            self._cfed = start + len(data)
+            if self._mode is _STOPPED:
+                return events
             if start == 0 and not self._gap_seen and data[0] == TLS_HANDSHAKE:
                 # implicit TLS (port 465 style): a ClientHello, not a command
-                self._mode = _Mode.STOPPED
+                self._mode = _STOPPED
                 events.append(TlsStarted(Span(C2S, 0, 1), None))
                 return events
             self._feed_client(data, events)
         else:
-            self._lb[S2C].feed(data)
+            self._sfed += len(data)
+            if self._mode is _STOPPED:
+                return events
+            self._slb.feed(data)
             self._drain_server(events)
         return events
 
     def gap(self, direction: Direction, length: int) -> list[Event]:
         """``length`` bytes of this direction were not captured; resynchronize."""
         length = max(0, length)
-        start = self._fed[direction]
-        self._fed[direction] = start + length
-        if self._mode is _Mode.STOPPED:
+        if direction is C2S:
+            start = self._cfed
+            self._cfed = start + length
+        else:
+            start = self._sfed
+            self._sfed = start + length
+        if self._mode is _STOPPED:
             return []
         events: list[Event] = [
             Anomaly(Span(direction, start, start + length), "content_gap", f"{length} bytes missing", b"")
@@ -361,16 +376,24 @@ class SmtpParser:
     def eof(self, direction: Direction) -> list[Event]:
         """This direction ended (FIN/RST/end of capture); flush what can be flushed."""
         events: list[Event] = []
-        if self._eof[direction] or self._mode is _Mode.STOPPED:
-            self._eof[direction] = True
+        client = direction is C2S
+        if (self._ceof if client else self._seof) or self._mode is _STOPPED:
+            if client:
+                self._ceof = True
+            else:
+                self._seof = True
             return events
-        self._eof[direction] = True
-        end = self._fed[direction]
-        if direction is C2S:
-            if self._mode is _Mode.HOLD and self._lb[C2S].pending():
+        if client:
+            self._ceof = True
+            end = self._cfed
+        else:
+            self._seof = True
+            end = self._sfed
+        if client:
+            if self._mode is _HOLD and self._clb.pending():
                 self._assume_body(events)
                 self._drain_client(events)
-            if self._mode is _Mode.BODY:
+            if self._mode is _BODY:
                 events.append(
                     Anomaly(
                         Span(C2S, self._body_start, end),
@@ -379,7 +402,7 @@ class SmtpParser:
                         b"",
                     )
                 )
-            elif self._mode is _Mode.CHUNK:
+            elif self._mode is _CHUNK:
                 events.append(
                     Anomaly(
                         Span(C2S, end, end),
@@ -399,9 +422,9 @@ class SmtpParser:
                     )
                 )
                 self._r_code = None
-        lb = self._lb[direction]
+        lb = self._clb if client else self._slb
         if lb.fed_offset > lb.offset:
-            pos = lb.offset + self._shift[direction]
+            pos = lb.offset + (self._cshift if client else 0)
             events.append(
                 Anomaly(
                     Span(direction, pos, end),
@@ -412,54 +435,51 @@ class SmtpParser:
             )
         return events
 
-    def _too_long(self, line: Line) -> bool:
-        """Longer than max_line, whatever the segmentation.
-
-        LineBuffer flags a CRLF line of exactly ``max_line`` bytes as too long when its CR
-        arrives in a feed before its LF (it starts discarding at ``max_line + 1`` buffered
-        bytes); its kept prefix is then the whole line, so the flag is dropped here.
-        """
-        return line.too_long and line.length > self._max_line
+    # Too long means longer than max_line, whatever the segmentation: LineBuffer flags a CRLF
+    # line of exactly ``max_line`` bytes as too long when its CR arrives in a feed before its LF
+    # (it starts discarding at ``max_line + 1`` buffered bytes); its kept prefix is then the
+    # whole line, so the line handlers test ``too_long and length > max_line``.
 
     # ------------------------------------------------------------------ client side
 
     def _feed_client(self, data: bytes, events: list[Event]) -> None:
         mode = self._mode
-        if mode is _Mode.BODY:
+        if mode is _BODY:
             end = self._scan_body(data)
             if end < 0:
-                self._shift[C2S] += len(data)
+                self._cshift += len(data)
                 return
-            self._shift[C2S] += end
+            self._cshift += end
             self._end_body()
             data = data[end:]
-        elif mode is _Mode.CHUNK:
+        elif mode is _CHUNK:
             k = min(self._chunk_left, len(data))
             self._chunk_left -= k
-            self._shift[C2S] += k
+            self._cshift += k
             if self._chunk_left:
                 return
-            self._mode = _Mode.LINES
+            self._mode = _LINES
             data = data[k:]
         if data:
-            self._lb[C2S].feed(data)
+            self._clb.feed(data)
         self._drain_client(events)
 
     def _drain_client(self, events: list[Event]) -> None:
         """Process what the client line buffer holds, as far as the current mode allows."""
-        lb = self._lb[C2S]
+        lb = self._clb
+        next_raw = lb.next_raw
         while True:
             mode = self._mode
-            if mode is _Mode.LINES:
-                line = lb.next_line()
-                if line is None:
+            if mode is _LINES:
+                raw = next_raw()
+                if raw is None:
                     return
-                self._client_line(line, events)
-            elif mode is _Mode.HOLD:
+                self._client_line(raw[0], raw[1], raw[2], raw[3] and raw[4] > self._max_line, raw[4], events)
+            elif mode is _HOLD:
                 if lb.pending() <= self._max_line:
                     return
                 self._assume_body(events)
-            elif mode is _Mode.BODY:
+            elif mode is _BODY:
                 n = lb.pending()
                 if not n:
                     return
@@ -471,22 +491,22 @@ class SmtpParser:
                     return
                 rest = held[end:]
                 if rest:
-                    self._shift[C2S] -= len(rest)
+                    self._cshift -= len(rest)
                     lb.feed(rest)
                 self._end_body()
-            elif mode is _Mode.CHUNK:
+            elif mode is _CHUNK:
                 k = lb.skip_buffered(self._chunk_left)
                 self._chunk_left -= k
                 if self._chunk_left:
                     return
-                self._mode = _Mode.LINES
+                self._mode = _LINES
             else:
                 return
 
     def _assume_body(self, events: list[Event]) -> None:
         """The DATA reply did not come but bytes followed: take them as the body."""
-        lb = self._lb[C2S]
-        pos = lb.offset + self._shift[C2S]
+        lb = self._clb
+        pos = lb.offset + self._cshift
         held = min(lb.pending(), self._max_line + 1)  # the same whatever the segmentation
         why = (
             "the client stream ended"
@@ -504,8 +524,8 @@ class SmtpParser:
         self._start_body()
 
     def _start_body(self) -> None:
-        self._mode = _Mode.BODY
-        self._body_start = self._lb[C2S].offset + self._shift[C2S]
+        self._mode = _BODY
+        self._body_start = self._clb.offset + self._cshift
         self._tail = b"" if self._hold_gap else b"\r\n"  # the DATA line's CRLF starts the first line
         self._body_gap = self._hold_gap
         self._hold_gap = False
@@ -526,56 +546,57 @@ class SmtpParser:
 
     def _end_body(self) -> None:
         """CRLF.CRLF seen: the server now owes the end-of-data reply (one per recipient in LMTP)."""
-        self._mode = _Mode.LINES
+        self._mode = _LINES
         self._tail = b""
         self._body_gap = False
-        self._enqueue(_Pending(self._data_seq, "DATA", True, self._variant == "lmtp"), None)
+        self._enqueue((self._data_seq, "DATA", True, self._variant == "lmtp"), None)
 
     def _client_gap(self, length: int) -> None:
         mode = self._mode
-        if mode is _Mode.BODY:  # the line buffer is empty in BODY and CHUNK: the gap bypasses it
-            self._shift[C2S] += length
+        if mode is _BODY:  # the line buffer is empty in BODY and CHUNK: the gap bypasses it
+            self._cshift += length
             self._tail = b""
             self._body_gap = True
-        elif mode is _Mode.CHUNK:
-            self._shift[C2S] += length
+        elif mode is _CHUNK:
+            self._cshift += length
             if length < self._chunk_left:
                 self._chunk_left -= length
             else:
                 lost_lines = length > self._chunk_left
                 self._chunk_left = 0
-                self._mode = _Mode.LINES
-                self._desync[C2S] = lost_lines
+                self._mode = _LINES
+                self._cdesync = lost_lines
                 if lost_lines:
-                    self._enqueue(_Pending(LOST, ""), None)
+                    self._enqueue((LOST, "", False, False), None)
         else:
-            self._lb[C2S].gap(length)
-            if mode is _Mode.HOLD:
+            self._clb.gap(length)
+            if mode is _HOLD:
                 self._hold_gap = True
             else:
-                self._desync[C2S] = True
+                self._cdesync = True
                 if length and not self._sasl_next:
                     # the gap holds the start of at least one command line, which the server
                     # will answer: a placeholder keeps the later replies matched (one lost
                     # command is the best guess; more are possible)
-                    self._enqueue(_Pending(LOST, ""), None)
+                    self._enqueue((LOST, "", False, False), None)
             self._sasl_next = False
 
-    def _client_line(self, line: Line, events: list[Event]) -> None:
-        shift = self._shift[C2S]
-        span = Span(C2S, line.start + shift, line.end + shift)
-        data = line.data
-        if self._desync[C2S]:
+    def _client_line(
+        self, data: bytes, start: int, end: int, too_long: bool, length: int, events: list[Event]
+    ) -> None:
+        """One client line; ``start``/``end`` are line buffer offsets, ``too_long`` already tested."""
+        if self._cdesync:
             if not _looks_like_command(data):
                 return
-            self._desync[C2S] = False
-        too_long = self._too_long(line)
+            self._cdesync = False
+        shift = self._cshift
+        span = Span(C2S, start + shift, end + shift)
         if too_long:
             events.append(
                 Anomaly(
                     span,
                     "line_too_long",
-                    f"client line of {line.length} bytes (limit {self._max_line})",
+                    f"client line of {length} bytes (limit {self._max_line})",
                     _excerpt(data),
                 )
             )
@@ -585,10 +606,10 @@ class SmtpParser:
         sp = data.find(b" ")
         verb_b = data if sp < 0 else data[:sp]
         args = b"" if sp < 0 else data[sp + 1 :]
-        verb = wire_text(verb_b.upper())
+        verb = verb_b.upper().decode("utf-8", "surrogateescape")
         seq = self._seq
         self._seq += 1
-        line_len = line.end - line.start
+        line_len = end - start
         events.append(Command(span, seq, None, verb, args, line_len))
         if not _valid_verb(verb_b):
             events.append(
@@ -622,17 +643,17 @@ class SmtpParser:
                 Anomaly(
                     span,
                     "carrier_truncated",
-                    f"{verb} built from the first {len(data)} of {line.length} bytes",
+                    f"{verb} built from the first {len(data)} of {length} bytes",
                     b"",
                 )
             )
         if verb == "BDAT":
             self._bdat(args, seq, span, data, events)
             return
-        self._enqueue(_Pending(seq, verb), events, span)
+        self._enqueue((seq, verb, False, False), events, span)
         if verb == "DATA":
             self._data_seq = seq
-            self._mode = _Mode.HOLD
+            self._mode = _HOLD
         elif verb == "AUTH":
             self._auth_active = True
         elif verb == "LHLO":
@@ -645,7 +666,7 @@ class SmtpParser:
             if not token:
                 empties += 1
                 continue
-            params.append(_param(token))
+            params.append(param_from_wire(token))
         return tuple(params), empties
 
     def _mail_rcpt(
@@ -657,7 +678,7 @@ class SmtpParser:
         found = False
         for token in rest.split(b" "):
             if token[:13].upper() == b"XRCPTFORWARD=" or token.upper() == b"XRCPTFORWARD":
-                events.append(RcptForward(span, seq, verb, wire_text(path), _param(token), line_len))
+                events.append(RcptForward(span, seq, verb, wire_text(path), param_from_wire(token), line_len))
                 found = True
         return found
 
@@ -672,18 +693,18 @@ class SmtpParser:
                     span, "bad_bdat_size", f"BDAT size {wire_text(size[:40])!r} not counted", _excerpt(data)
                 )
             )
-            self._enqueue(_Pending(seq, "BDAT"), events, span)
+            self._enqueue((seq, "BDAT", False, False), events, span)
             return
         if len(words) > 2 or (len(words) == 2 and not last):
             events.append(
                 Anomaly(span, "bad_command_line", "BDAT takes a size and an optional LAST", _excerpt(data))
             )
         # BDAT LAST ends the message: in LMTP it gets one reply per accepted recipient (RFC 2033 4.3)
-        self._enqueue(_Pending(seq, "BDAT", last, last and self._variant == "lmtp"), events, span)
+        self._enqueue((seq, "BDAT", last, last and self._variant == "lmtp"), events, span)
         n = int(size)
         if n:
             self._chunk_left = n
-            self._mode = _Mode.CHUNK
+            self._mode = _CHUNK
 
     def _enqueue(self, entry: _Pending, events: list[Event] | None, span: Span | None = None) -> None:
         if len(self._queue) >= MAX_PENDING:
@@ -703,49 +724,64 @@ class SmtpParser:
     # ------------------------------------------------------------------ server side
 
     def _server_gap(self, length: int) -> None:
-        self._lb[S2C].gap(length)
+        self._slb.gap(length)
         self._r_code = None
         self._r_lines = []
         self._queue.clear()  # the replies of pending commands may have been lost: end them
         self._head_answers = 0
         self._overflow = 0
         self._greeted = True
-        self._desync[S2C] = True
+        self._sdesync = True
 
     def _drain_server(self, events: list[Event]) -> None:
-        lb = self._lb[S2C]
-        while self._mode is not _Mode.STOPPED:
-            line = lb.next_line()
-            if line is None:
+        next_raw = self._slb.next_raw
+        max_line = self._max_line
+        while self._mode is not _STOPPED:
+            raw = next_raw()
+            if raw is None:
                 return
-            self._server_line(line, events)
+            self._server_line(raw[0], raw[1], raw[2], raw[3] and raw[4] > max_line, raw[4], events)
 
-    def _server_line(self, line: Line, events: list[Event]) -> None:
-        data = line.data
-        span = Span(S2C, line.start, line.end)
-        if self._desync[S2C]:
-            if not _is_reply_line(data):
+    def _server_line(
+        self, data: bytes, start: int, end: int, too_long: bool, length: int, events: list[Event]
+    ) -> None:
+        """One server line (``too_long`` already tested against max_line)."""
+        # ``ddd``, ``ddd text`` or ``ddd-text`` (RFC 5321 4.2)
+        reply_line = len(data) >= 3 and data[:3].isdigit() and (len(data) == 3 or data[3] in b" -")
+        if self._sdesync:
+            if not reply_line:
                 return
-            self._desync[S2C] = False
-        if self._too_long(line):
+            self._sdesync = False
+        if too_long:
             events.append(
                 Anomaly(
-                    span,
+                    Span(S2C, start, end),
                     "line_too_long",
-                    f"server line of {line.length} bytes (limit {self._max_line})",
+                    f"server line of {length} bytes (limit {self._max_line})",
                     _excerpt(data),
                 )
             )
-        if not _is_reply_line(data):
+        if not reply_line:
             events.append(
-                Anomaly(span, "bad_reply_line", "server line is not an SMTP reply line", _excerpt(data))
+                Anomaly(
+                    Span(S2C, start, end),
+                    "bad_reply_line",
+                    "server line is not an SMTP reply line",
+                    _excerpt(data),
+                )
             )
             return
         code = data[:3].decode("ascii")
+        more = len(data) > 3 and data[3] == 0x2D  # "-": more lines follow
         if self._r_code is None:
+            if not more:
+                # a one-line reply (the usual case): its text always fits (data <= max_line bytes)
+                one = data[4:].decode("utf-8", "surrogateescape")
+                self._on_reply(code, [one], Span(S2C, start, end), events)
+                return
             self._r_code = code
             self._r_lines = []
-            self._r_start = line.start
+            self._r_start = start
             self._r_bytes = 0
             self._r_clipped = False
             self._r_mismatch = False
@@ -753,7 +789,7 @@ class SmtpParser:
             self._r_mismatch = True
             events.append(
                 Anomaly(
-                    span,
+                    Span(S2C, start, end),
                     "reply_code_mismatch",
                     f"line with code {code} inside a {self._r_code} reply",
                     _excerpt(data),
@@ -761,25 +797,25 @@ class SmtpParser:
             )
         text = data[4:]
         if len(self._r_lines) < MAX_REPLY_LINES and self._r_bytes + len(text) <= self._max_line:
-            self._r_lines.append(wire_text(text))
+            self._r_lines.append(text.decode("utf-8", "surrogateescape"))
             self._r_bytes += len(text) + 1
         elif not self._r_clipped:
             self._r_clipped = True
             events.append(
                 Anomaly(
-                    span,
+                    Span(S2C, start, end),
                     "reply_too_long",
                     f"reply longer than {MAX_REPLY_LINES} lines or {self._max_line} bytes; rest not kept",
                     b"",
                 )
             )
-        if len(data) > 3 and data[3] == 0x2D:  # "-": more lines follow
+        if more:
             return
         reply_code = self._r_code
         lines = self._r_lines
         self._r_code = None
         self._r_lines = []
-        self._on_reply(reply_code, lines, Span(S2C, self._r_start, line.end), events)
+        self._on_reply(reply_code, lines, Span(S2C, self._r_start, end), events)
 
     def _on_reply(self, code: str, lines: list[str], span: Span, events: list[Event]) -> None:
         text = "\n".join(lines)
@@ -807,28 +843,28 @@ class SmtpParser:
                 self._overflow -= 1
             elif not self._gap_seen and code != "421":
                 events.append(Anomaly(span, "unexpected_reply", f"{code} reply with no command pending", b""))
-            if self._mode is _Mode.HOLD and code == "354":
+            if self._mode is _HOLD and code == "354":
                 self._data_reply(code, events)  # only a 354 can be told to answer the DATA
-            elif self._mode is _Mode.BODY and self._body_gap and code != "354":
+            elif self._mode is _BODY and self._body_gap and code != "354":
                 self._lost_terminator()
             elif code == "334" and self._auth_active:
                 self._sasl_next = True
             return
-        verb = entry.verb
+        entry_seq, verb, end_of_data, per_recipient = entry
         if verb == "AUTH" and code == "334":
             self._sasl_next = True
-        elif entry.per_recipient:
+        elif per_recipient:
             self._head_answers += 1
             if self._head_answers >= max(1, self._rcpt_ok):
                 queue.popleft()
                 self._head_answers = 0
         else:
             queue.popleft()
-        events.append(Reply(span, None if entry.seq == LOST else entry.seq, None, code, text, final))
+        events.append(Reply(span, None if entry_seq == LOST else entry_seq, None, code, text, final))
         ok = code[0] == "2"
-        if self._mode is _Mode.BODY and self._body_gap and code != "354":
+        if self._mode is _BODY and self._body_gap and code != "354":
             self._lost_terminator()
-        if entry.end_of_data:
+        if end_of_data:
             return  # the reply to a whole message changes no state
         if verb == "XCLIENT":
             if code == "220":
@@ -846,35 +882,35 @@ class SmtpParser:
             if ok:
                 self._rcpt_ok += 1
         elif verb == "DATA":
-            if self._mode is _Mode.HOLD:
+            if self._mode is _HOLD:
                 self._data_reply(code, events)
         elif verb == "AUTH":
             if code != "334":
                 self._auth_active = False
                 self._sasl_next = False
         elif verb == "STARTTLS" and code == "220":
-            self._start_tls(entry.seq, span, events)
+            self._start_tls(entry_seq, span, events)
 
     def _data_reply(self, code: str, events: list[Event]) -> None:
         """The reply to DATA decides what the held client bytes are."""
         if code == "354":
             self._start_body()
         else:
-            self._mode = _Mode.LINES
+            self._mode = _LINES
             if self._hold_gap:
-                self._desync[C2S] = True
+                self._cdesync = True
                 self._hold_gap = False
         self._drain_client(events)
 
     def _lost_terminator(self) -> None:
         """The server answered while a body with a gap is open: the end was in the gap."""
-        self._mode = _Mode.LINES
+        self._mode = _LINES
         self._tail = b""
         self._body_gap = False
-        self._desync[C2S] = True
+        self._cdesync = True
 
     def _start_tls(self, seq: int, span: Span, events: list[Event]) -> None:
-        injected = [e for e in self._queue if e.seq > seq]
+        injected = [e for e in self._queue if e[0] > seq]
         if injected:
             events.append(
                 Anomaly(
@@ -885,5 +921,5 @@ class SmtpParser:
                 )
             )
         events.append(TlsStarted(span, seq))
-        self._mode = _Mode.STOPPED
+        self._mode = _STOPPED
         self._queue.clear()

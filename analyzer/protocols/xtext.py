@@ -47,6 +47,8 @@ PROBLEM_RAW_CHAR = (
 _STRICT_INVALID = re.compile(rb"[^\x21-\x2a\x2c-\x3c\x3e-\x7e+]|\+(?![0-9A-F]{2})")
 _ANY_HEXCHAR = re.compile(rb"\+([0-9A-Fa-f]{2})")
 _LONE_PLUS = re.compile(rb"\+(?![0-9A-Fa-f]{2})")
+#: xchars other than "+" (and "=", which is not one): a value made only of these decodes to itself.
+_PLAIN_XCHARS = bytes(c for c in range(XCHAR_MIN, XCHAR_MAX + 1) if c not in (XTEXT_PLUS, XTEXT_EQUALS))
 _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
 _LOWER_HEX = frozenset(b"abcdef")
 
@@ -72,7 +74,11 @@ def _hex_byte(match: re.Match[bytes]) -> bytes:
 def decode_strict(raw: str) -> tuple[str | None, tuple[str, ...]]:
     """Dovecot smtp_xtext_parse(): '+' + two UPPER-case hex digits; returns (value or None if
     Dovecot would reject, problems)."""
-    data = _to_bytes(raw)
+    return _strict(_to_bytes(raw), raw)
+
+
+def _strict(data: bytes, raw: str) -> tuple[str | None, tuple[str, ...]]:
+    """:func:`decode_strict` of ``raw``, whose wire bytes are ``data``."""
     if _STRICT_INVALID.search(data) is None:
         if b"+" not in data:
             return raw, ()
@@ -103,7 +109,11 @@ def decode_strict(raw: str) -> tuple[str | None, tuple[str, ...]]:
 
 def decode_lenient(raw: str) -> str:
     """Postfix xtext_unquote(): upper or lower hex; on invalid xtext falls back to the raw value."""
-    data = _to_bytes(raw)
+    return _lenient(_to_bytes(raw), raw)
+
+
+def _lenient(data: bytes, raw: str) -> str:
+    """:func:`decode_lenient` of ``raw``, whose wire bytes are ``data``."""
     if b"+" not in data or _LONE_PLUS.search(data) is not None:
         return raw
     return wire_text(_ANY_HEXCHAR.sub(_hex_byte, data))
@@ -119,12 +129,27 @@ def make_param(name: str, raw: str, has_equals: bool) -> XParam:
     """Build an :class:`XParam` for ``name[=raw]`` with strict and lenient xtext decodings."""
     if not has_equals:
         return XParam(name=name, raw="", value=None, lenient="", has_equals=False, problems=())
-    value, problems = decode_strict(raw)
+    data = _to_bytes(raw)
+    value, problems = _strict(data, raw)
     return XParam(
         name=name,
         raw=raw,
         value=value,
-        lenient=decode_lenient(raw),
+        lenient=_lenient(data, raw),
         has_equals=True,
         problems=problems,
     )
+
+
+def param_from_wire(token: bytes) -> XParam:
+    """:func:`make_param` for one ``NAME[=value]`` token as sent, straight from its bytes."""
+    eq = token.find(b"=")
+    if eq < 0:
+        return XParam(wire_text(token), "", None, "", False, ())
+    name = token[:eq].decode("utf-8", "surrogateescape")
+    data = token[eq + 1 :]
+    raw = data.decode("utf-8", "surrogateescape")
+    if not data.translate(None, _PLAIN_XCHARS):  # plain xchars only (the usual case): decodes to itself
+        return XParam(name, raw, raw, raw, True, ())
+    value, problems = _strict(data, raw)
+    return XParam(name, raw, value, _lenient(data, raw), True, problems)

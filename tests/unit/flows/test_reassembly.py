@@ -784,3 +784,73 @@ def test_same_bytes_as_wireshark_follow_stream(tmp_path: Path) -> None:
     )
     assert ours == DATA[:1000]
     assert wireshark == ours
+
+
+# ------------------------------------------------------------- lookups and lazily made state
+
+_NEAR_OPS = st.one_of(  # sequence numbers near the ISN: in order, out of order, overlapping, gaps
+    st.tuples(st.just("seg"), st.integers(0, 300), st.integers(0, 40), st.integers(1, 30)),
+    st.tuples(st.just("fin"), st.integers(0, 320)),
+    st.tuples(st.just("ack"), st.integers(0, 320)),
+    st.tuples(st.just("trim"), st.integers(0, 320)),
+    st.tuples(st.just("release")),
+    st.tuples(st.just("flush")),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(_NEAR_OPS, max_size=40),
+    st.booleans(),
+    st.lists(st.tuples(st.integers(-5, 330), st.integers(-3, 80)), min_size=4, max_size=4),
+)
+def test_frames_and_ts_is_frames_for_plus_ts_for(
+    ops: list[tuple[Any, ...]], with_syn: bool, probes: list[tuple[int, int]]
+) -> None:
+    h = HalfStream(max_ooo_segments=4, history_bytes=16)
+    if with_syn:
+        h.syn(ISN)
+    for op in ops:
+        kind = op[0]
+        if kind == "seg":
+            feed(h, seg(op[1], op[2], frame=op[3]))
+        elif kind == "fin":
+            feed(h, fin(op[1]))
+        elif kind == "ack":
+            feed(h, ack(op[1]))
+        elif kind == "trim":
+            h.trim(op[1])
+        else:
+            feed(h, (kind,))
+        for start, n in probes:
+            assert h.frames_and_ts(start, start + n) == (h.frames_for(start, start + n), h.ts_for(start))
+
+
+def test_streams_do_not_share_held_pieces_or_gaps() -> None:
+    """Key sets and gap columns are made per stream on first use (fresh streams share empty ones)."""
+    a, b, c = HalfStream(), HalfStream(), HalfStream()
+    for h in (a, b, c):
+        h.syn(ISN)
+    feed(a, seg(100, 10, frame=1))  # held: a hole before it
+    feed(b, seg(200, 5, frame=2))
+    assert (a.held_segments, b.held_segments, c.held_segments) == (1, 1, 0)
+    assert a.flush() == [("gap", 0, 100), ("data", 100, DATA[100:110])]
+    assert b.held_segments == 1 and c.held_segments == 0 and (b.gaps, c.gaps) == (0, 0)
+    feed(c, seg(0, 50, frame=3))
+    assert c.frames_for(0, 50) == (3,) and a.frames_for(0, 110) == (1,) and b.frames_for(0, 300) == ()
+    assert b.flush() == [("gap", 0, 200), ("data", 200, DATA[200:205])]
+    feed(a, seg(50, 10, frame=4))  # inside a's declared gap: late, not a retransmission
+    assert a.late_bytes == 10 and b.late_bytes == 0 and c.late_bytes == 0
+    d = HalfStream()
+    d.syn(ISN)
+    assert d.held_segments == 0 and d.gaps == 0 and d.frames_for(0, 10) == ()
+
+
+def test_release_of_an_idle_stream_changes_nothing() -> None:
+    h = HalfStream()
+    h.syn(ISN)
+    assert h.segment(ISN + 1, b"abc", 1, 10) == [("data", 0, b"abc")]
+    h.fin(ISN + 4)
+    assert h.closed
+    before = (h.next_offset, h.closed, h.gaps, h.held_segments)
+    assert h.release() == [] and (h.next_offset, h.closed, h.gaps, h.held_segments) == before

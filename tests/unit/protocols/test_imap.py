@@ -24,7 +24,7 @@ from analyzer.protocols.base import (
     Reply,
     TlsStarted,
 )
-from analyzer.protocols.imap import ID_MAX_PAIRS_KEPT, ImapParser
+from analyzer.protocols.imap import ID_FAST_PATH_MAX, ID_MAX_PAIRS_KEPT, ImapParser, _id_params, _IdList
 from tests.helpers import CHUNKINGS, C, S, events_of, feed_all, wire
 
 Item = tuple[Direction, bytes | int]  # bytes are fed, an int is a gap of that many bytes
@@ -972,3 +972,56 @@ def test_random_input_never_raises_and_is_chunking_invariant(script: list[Item],
     check_invariants(ref)
     assert run(script, "bytewise", parser=make()) == ref
     assert run(script, "random", seed, parser=make()) == ref
+
+
+def _general_id(args: bytes) -> tuple[tuple[IdParam, ...] | None, tuple[str, ...]]:
+    """The ID list read by the general tokenizer only (no fast path)."""
+    idl = _IdList()
+    idl.line(args)
+    return idl.result()
+
+
+_ID_STRING = st.lists(
+    st.sampled_from(
+        [b"k", b"x-forward-a", b"", b"(", b")", b" ", b"\\", b'\\"', b"\x00", b"\r", b"\xc3\xa9", b"NIL"]
+    ),
+    max_size=4,
+).map(lambda parts: b'"' + b"".join(parts) + b'"')
+_ID_ITEM = st.one_of(_ID_STRING, _ID_STRING, st.sampled_from([b"NIL", b"atom", b"{3}", b"(", b")"]))
+
+
+_PLAIN_STRING = st.binary(max_size=6).map(
+    # no DQUOTE, backslash, NUL, CR or LF inside
+    lambda b: b'"' + bytes(c for c in b if c not in b'"\\\x00\r\n') + b'"'
+)
+_ANY_LIST = st.builds(
+    lambda items, seps, tail: b"(" + b"".join(sep + item for sep, item in zip(seps, items)) + tail,
+    st.lists(_ID_ITEM, max_size=8),
+    st.lists(st.sampled_from([b" ", b"", b"  "]), min_size=9, max_size=9),
+    st.sampled_from([b")", b" )", b"", b") x", b")("]),
+)
+#: Dovecot's form, the fast path's case: quoted strings without escapes, in pairs, one space apart
+_PLAIN_LIST = st.lists(_PLAIN_STRING, min_size=1, max_size=10).map(lambda s: b"(" + b" ".join(s) + b")")
+
+
+@settings(max_examples=300, deadline=None)
+@given(args=st.one_of(_PLAIN_LIST, _ANY_LIST))
+def test_one_line_id_fast_path_equals_the_tokenizer(args: bytes) -> None:
+    """Quoted pairs take one regular expression; anything else the tokenizer: the result is the same."""
+    assert _id_params(args) == _general_id(args)
+
+
+def test_id_fast_path_limits() -> None:
+    """Past ID_FAST_PATH_MAX octets or ID_MAX_PAIRS_KEPT pairs the tokenizer decides (same result)."""
+    many = b"(" + b" ".join([b'"k" "v"'] * (ID_MAX_PAIRS_KEPT + 1)) + b")"
+    assert len(many) < ID_FAST_PATH_MAX
+    params, problems = _id_params(many)
+    assert params is not None and len(params) == ID_MAX_PAIRS_KEPT and problems == ("too_many_pairs_kept",)
+    assert (params, problems) == _general_id(many)
+    long = b'("k" "' + b"v" * ID_FAST_PATH_MAX + b'")'
+    assert _id_params(long) == _general_id(long)
+    params, problems = _id_params(b'("x-session-id" "abc" "x-originating-ip" "\xc3\xa9")')
+    assert problems == () and params == (
+        IdParam("x-session-id", "abc", "quoted", "quoted", 12, 3, 14, 5, None),
+        IdParam("x-originating-ip", "\u00e9", "quoted", "quoted", 16, 2, 18, 4, None),
+    )

@@ -802,3 +802,50 @@ def test_midstream_first_reply_is_not_taken_for_the_greeting(chunking: str) -> N
     assert [(r.answers, r.status) for r in replies] == [(0, "+OK"), (1, "-ERR")]
     assert [e.code for e in events if isinstance(e, Anomaly)] == ["missing_greeting"]
     assert not [e for e in events if isinstance(e, Greeting)]
+
+
+@pytest.mark.parametrize("chunking", CHUNKINGS)
+def test_body_lines_are_skipped_up_to_the_lone_dot(chunking: str) -> None:
+    """A RETR body is skipped without framing its lines; only the lone "." ends it."""
+    body = (
+        b"XCLIENT ADDR=6.6.6.6\r\n"  # never a command: it is message text
+        + b"y" * 100 + b"\r\n"  # over max_line: skipped like any other body line
+        + b"..\r\n. \r\n.\r\r\n"  # dot-stuffed, ". " and ".\r" are not the end
+        + b".\n"  # bare-LF terminator
+    )
+    script = [
+        (S, GREETING),
+        (C, wire("RETR 1\nUSER bob\n")),
+        (S, wire("+OK 9 octets\n") + body + wire("+OK user\n")),
+        (C, wire("QUIT\n")),
+        (S, wire("+OK bye\n")),
+    ]
+    events = run(script, chunking, max_line=32)
+    assert [summary(e) for e in events] == [
+        ("Greeting", "+OK", "[XCLIENT] Dovecot ready.", ("XCLIENT",)),
+        ("Command", 0, "RETR", b"1"),
+        ("Command", 1, "USER", b"bob"),
+        ("Reply", 0, "+OK", "9 octets", True),
+        ("Reply", 1, "+OK", "user", True),
+        ("Command", 2, "QUIT", b""),
+        ("Reply", 2, "+OK", "bye", True),
+    ]
+    user_reply = events[4]
+    assert isinstance(user_reply, Reply)
+    start = len(GREETING) + len(wire("+OK 9 octets\n")) + len(body)
+    assert user_reply.span == Span(S, start, start + len(wire("+OK user\n")))
+
+
+def test_unterminated_body_at_eof_after_skipping() -> None:
+    p = Pop3Parser(max_line=16)
+    events = p.feed(S, GREETING) + p.feed(C, wire("RETR 1\n"))
+    events += p.feed(S, wire("+OK\nline one\nline two\npart"))
+    assert [summary(e) for e in events][-1] == ("Reply", 0, "+OK", "", True)
+    tail = p.eof(S)
+    assert [summary(e) for e in tail] == [
+        ("Anomaly", "incomplete_line"),
+        ("Anomaly", "unterminated_multiline"),
+    ]
+    end = len(GREETING) + len(wire("+OK\nline one\nline two\npart"))
+    assert isinstance(tail[0], Anomaly) and tail[0].excerpt == b"part"
+    assert tail[0].span == Span(S, end - 4, end)

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from analyzer.protocols.base import XParam, wire_bytes, wire_text
-from analyzer.protocols.xtext import decode_lenient, decode_strict, encode, make_param
+from analyzer.protocols.xtext import decode_lenient, decode_strict, encode, make_param, param_from_wire
 
 # (id, raw, strict value, strict problems, lenient value)
 DECODE_CASES = [
@@ -147,3 +147,43 @@ def test_strict_agrees_with_a_reference_decoder(raw: str) -> None:
         i += 1
     value, _ = decode_strict(raw)
     assert value == (wire_text(bytes(out)) if ok else None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=24),
+        st.lists(
+            st.sampled_from([b"=", b"+", b"+3D", b"+3d", b"+00", b"A", b"z", b"~", b" ", b"\xc3\xa9"]),
+            max_size=10,
+        ).map(b"".join),
+    )
+)
+def test_param_from_wire_equals_make_param(token: bytes) -> None:
+    """The bytes fast path builds exactly the XParam make_param builds from the decoded text."""
+    name, eq, raw = token.partition(b"=")
+    if eq:
+        want = make_param(wire_text(name), wire_text(raw), True)
+    else:
+        want = make_param(wire_text(token), "", False)
+    assert param_from_wire(token) == want
+
+
+@pytest.mark.parametrize(
+    ("token", "value", "problems"),
+    [
+        (b"ADDR=192.0.2.1", "192.0.2.1", ()),  # plain xchars: decodes to itself
+        (b"ADDR=", "", ()),
+        (b"FORWARD=dGVuYW50PWFjbWU+3D", "dGVuYW50PWFjbWU=", ()),
+        (b"TTL=+3d", None, ("xtext_lowercase_hex",)),
+        (b"NAME=a=b", None, ("xtext_raw_char",)),  # only the first "=" separates name and value
+    ],
+)
+def test_param_from_wire_cases(token: bytes, value: str | None, problems: tuple[str, ...]) -> None:
+    param = param_from_wire(token)
+    assert param.has_equals and (param.value, param.problems) == (value, problems)
+    assert param.raw == wire_text(token.partition(b"=")[2])
+
+
+def test_param_from_wire_without_equals() -> None:
+    assert param_from_wire(b"NOVALUE") == XParam("NOVALUE", "", None, "", False, ())
