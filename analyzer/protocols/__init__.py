@@ -94,10 +94,15 @@ def looks_like_mail(data: bytes, direction: Direction) -> bool:
     return detect(data, direction, None) is not None
 
 
+_CLASSES: dict[str, Any] = {}  # protocol -> parser class, resolved once (saves ~1 us per flow)
+
+
 def make_parser(protocol: str, **options: Any) -> Parser:
     """A new parser for ``protocol`` (``imap``, ``pop3``, ``smtp``, ``submission``, ``lmtp``)."""
-    module_name, _, class_name = PARSERS[protocol].partition(":")
-    cls = getattr(import_module(module_name), class_name)
+    cls = _CLASSES.get(protocol)
+    if cls is None:
+        module_name, _, class_name = PARSERS[protocol].partition(":")
+        cls = _CLASSES[protocol] = getattr(import_module(module_name), class_name)
     if protocol in ("smtp", "submission", "lmtp"):
         options["variant"] = protocol
     parser: Parser = cls(**options)
