@@ -1,6 +1,6 @@
 """Checks of the real-server captures in captures/real (no server needed).
 
-Run: python3 -m pytest -q captures/real/test_real_captures.py
+Run: python3 -m pytest -q captures/real/test_recorded_captures.py
 
 Strategy: each `<scenario>.pcap` is re-read with dpkt (independent of record.py's stdlib
 reader) and compared with its `<scenario>.expected.json`: same TCP connections, same byte
