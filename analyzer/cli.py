@@ -29,6 +29,11 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_INPUT)
 
 
+def one_line(text: str) -> str:
+    """A message for stderr on exactly one line: control characters (from file names too) escaped."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def parse_ports(text: str) -> frozenset[int]:
     """``143,110,1000-1010`` or ``+8143`` (added to the defaults) to a port set."""
     ports: set[int] = set()
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         return _analyze(args)
     except AnalyzerError as exc:
-        sys.stderr.write(f"fwdaudit: {exc}\n")
+        sys.stderr.write(f"fwdaudit: {one_line(str(exc))}\n")
         return EXIT_INPUT
     except KeyboardInterrupt:
         sys.stderr.write("fwdaudit: interrupted\n")
@@ -126,7 +131,7 @@ def _analyze(args: argparse.Namespace) -> int:
     trust = trust_from_args(args)
     if trust is not None:
         for warning in trust.warnings:
-            sys.stderr.write(f"fwdaudit: warning: {warning}\n")
+            sys.stderr.write(f"fwdaudit: warning: {one_line(warning)}\n")
     settings = Settings(
         ports=parse_ports(args.ports) if args.ports else Settings().ports,
         all_tcp=args.all_tcp,
@@ -147,7 +152,7 @@ def _analyze(args: argparse.Namespace) -> int:
     generated_at = iso_ns(time.time_ns()) if args.timestamp else None
     write_reports(result, str(out_dir), formats, force=True, generated_at=generated_at)
     for c in result.unusable:
-        sys.stderr.write(f"fwdaudit: {c.error}\n")
+        sys.stderr.write(f"fwdaudit: {one_line(c.error or '')}\n")
     if result.unusable:
         return EXIT_INPUT
     if args.fail_on is not None:

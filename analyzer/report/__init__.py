@@ -15,7 +15,9 @@ half a report.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -123,12 +125,20 @@ def write_reports(result: AnalysisResult, out_dir: str, formats: tuple[str, ...]
     written = []
     for name, pieces in _pieces(result, formats, generated_at):
         target = out / name
-        tmp = target.with_name(target.name + ".tmp")
         try:
-            with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-                for piece in pieces:
-                    fh.write(piece)
-            os.replace(tmp, target)
+            # a fresh temporary file of our own (O_EXCL: never a file or symlink planted in -o), then
+            # renamed over the target: readers never see half a report, links are never followed
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+                    for piece in pieces:
+                        fh.write(piece)
+                os.chmod(tmp_name, 0o644)
+                os.replace(tmp_name, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp_name)
+                raise
         except OSError as exc:
             raise ConfigError(f"cannot write {target}: {exc.strerror}") from exc
         written.append(target)

@@ -640,6 +640,14 @@ def _check_restart(ctx: RuleContext, flow: FlowResult, cmds: dict[int, CommandIn
                    by_seq: dict[int, ForwardingRecord]) -> Iterator[Finding]:
     """A-S6: a successful XCLIENT restarts the session: 220, then EHLO/LHLO again."""
     seqs = sorted(cmds)
+    # next_other[i]: the first command after seqs[i] that is not an XCLIENT (one backward pass, so
+    # 100,000 pipelined XCLIENTs stay linear)
+    next_other: dict[int, int | None] = {}
+    following: int | None = None
+    for s in reversed(seqs):
+        next_other[s] = following
+        if command_of(cmds[s].cmd).verb != "XCLIENT":
+            following = s
     for seq, r in sorted(by_seq.items()):
         rep = r.reply
         if rep is not None and rep.code[:1] == "2" and rep.code != "220":
@@ -652,7 +660,7 @@ def _check_restart(ctx: RuleContext, flow: FlowResult, cmds: dict[int, CommandIn
             continue
         if rep is not None and rep.code != "220":
             continue  # rejected: no restart expected
-        nxt = next((s for s in seqs if s > seq and command_of(cmds[s].cmd).verb != "XCLIENT"), None)
+        nxt = next_other.get(seq)
         if nxt is None:
             continue
         ncmd = command_of(cmds[nxt].cmd)
