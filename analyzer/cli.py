@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="server ports to dissect, e.g. 143,110,24-25; '+PORTS' adds to the defaults "
                         f"({','.join(str(x) for x in sorted(MAIL_PORTS))})")
     a.add_argument("--all-tcp", action="store_true", help="reassemble every TCP flow, not only mail flows")
+    a.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="processes to use: files, and ranges of large pcap files, are split across them; "
+                        "0 = one per core (default: 1). The report is identical whatever N is")
+    a.add_argument("--engine", default="local", choices=("local", "dask"),
+                   help="run the per-file work locally or as tasks on a Dask cluster (--scheduler)")
+    a.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="Dask scheduler address for --engine dask, e.g. tcp://10.0.0.1:8786")
     a.add_argument("--no-content-detection", action="store_true",
                    help="pick flows by port only (no look at the first bytes of other flows)")
     a.add_argument("--force", action="store_true", help="overwrite existing report files")
@@ -148,7 +155,12 @@ def _analyze(args: argparse.Namespace) -> int:
             if (out_dir / name).exists():
                 raise ConfigError(f"{out_dir / name} exists; use --force to overwrite or -o to choose another directory")
     progress = not args.quiet and sys.stderr.isatty()
-    result = analyze(paths, settings, progress=progress)
+    if args.jobs < 0:
+        raise ConfigError("--jobs: give 0 (one per core) or a positive number of processes")
+    if args.engine == "dask" and not args.scheduler:
+        raise ConfigError("--engine dask needs --scheduler ADDRESS (the address of a running Dask scheduler)")
+    result = analyze(paths, settings, progress=progress, jobs=args.jobs, engine=args.engine,
+                     scheduler=args.scheduler)
     generated_at = iso_ns(time.time_ns()) if args.timestamp else None
     write_reports(result, str(out_dir), formats, force=True, generated_at=generated_at)
     for c in result.unusable:

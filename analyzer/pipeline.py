@@ -3,13 +3,20 @@
 captures -> packets -> (decode, flow table, reassembly, parsers) -> flows with
 located events -> records -> findings -> ``AnalysisResult``. Reports are written
 by :mod:`analyzer.report` from the result.
+
+The per-capture stages (:func:`analyze_capture`) may run in other processes or on
+other machines (:mod:`analyzer.parallel`, :mod:`analyzer.dask_engine`); the
+cross-flow stages (:func:`finish`: flow ids, records, rules and hop chains) always
+run once, here, over the flows of every capture.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,13 +24,31 @@ from analyzer.capture import CaptureInfo, open_capture
 from analyzer.capture.decode import Decoder
 from analyzer.community_id import community_id
 from analyzer.config import Settings
-from analyzer.errors import CaptureFormatError
+from analyzer.errors import CaptureFormatError, ConfigError
 from analyzer.flows.model import FlowResult, FlowSummary
 from analyzer.flows.table import CaptureStats, Engine
 from analyzer.forwarding.extract import build_records
 from analyzer.forwarding.model import ForwardingRecord
 from analyzer.rules import RuleContext, run_rules
 from analyzer.rules.base import Finding
+
+
+#: values of ``analyze(engine=...)``
+ENGINES = ("local", "dask")
+#: cyclic-GC generation-0 threshold while analyzing (ours: the default 700 makes the collector walk
+#: the growing graph of events again and again; measured 15-25% of the run time, see docs/dask.md)
+GC_THRESHOLD0 = 100_000
+
+
+@contextlib.contextmanager
+def gc_tuned() -> Iterator[None]:
+    """Collect cyclic garbage less often while the analysis builds its (acyclic, long-lived) results."""
+    old = gc.get_threshold()
+    gc.set_threshold(max(old[0], GC_THRESHOLD0), old[1], old[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 @dataclass(slots=True)
@@ -73,37 +98,81 @@ def _progress_line(info_getter: Callable[[], CaptureInfo | None], path: str) -> 
     return show
 
 
+def unusable_reason(path: str, info: CaptureInfo, issue_counts: dict[str, int]) -> str | None:
+    """Why a readable capture is still unusable (no packet of a supported link type), or None."""
+    unsupported = issue_counts.get("unsupported_linktype", 0)
+    if info.packets > 0 and unsupported == info.packets:
+        kinds = ", ".join(str(k) for k in sorted(info.linktypes))
+        return f"{path}: no packet has a supported link type (link types {kinds})"
+    return None
+
+
+def analyze_capture(path: str, index: int, settings: Settings, *, progress: bool = False,
+                    keep_streams: bool = False) -> tuple[CaptureResult, list[FlowSummary]]:
+    """Read one capture file in this process: its capture result and its flows in first-frame order."""
+    t0 = time.monotonic()
+    try:
+        cap = open_capture(path)
+    except CaptureFormatError as exc:
+        return CaptureResult(path, None, str(exc), None), []
+    with cap:
+        decoder = Decoder()
+        show = _progress_line(lambda: cap.info, path) if progress else None
+        engine = Engine(settings, keep_streams=keep_streams, progress=show)
+        flows, stats = engine.run(cap.packets(), index, decoder)
+        if show is not None:
+            show(stats.packets)
+            sys.stderr.write("\n")
+        info = cap.info
+    error = unusable_reason(path, info, decoder.issue_counts)
+    result = CaptureResult(
+        path, info, error, stats, dict(decoder.issue_counts), list(decoder.issues), dict(decoder.counts),
+        time.monotonic() - t0,
+    )
+    return result, flows
+
+
 def analyze(paths: list[str], settings: Settings, *, progress: bool = False,
-            keep_streams: bool = False) -> AnalysisResult:
-    """Run every stage over the given capture files, in order."""
-    captures: list[CaptureResult] = []
-    summaries: list[FlowSummary] = []
-    for index, path in enumerate(paths):
-        t0 = time.monotonic()
-        try:
-            cap = open_capture(path)
-        except CaptureFormatError as exc:
-            captures.append(CaptureResult(path, None, str(exc), None))
-            continue
-        with cap:
-            decoder = Decoder()
-            show = _progress_line(lambda: cap.info, path) if progress else None
-            engine = Engine(settings, keep_streams=keep_streams, progress=show)
-            flows, stats = engine.run(cap.packets(), index, decoder)
-            if show is not None:
-                show(stats.packets)
-                sys.stderr.write("\n")
-            info = cap.info
-        error = None
-        unsupported = decoder.issue_counts.get("unsupported_linktype", 0)
-        if info.packets > 0 and unsupported == info.packets:
-            kinds = ", ".join(str(k) for k in sorted(info.linktypes))
-            error = f"{path}: no packet has a supported link type (link types {kinds})"
-        captures.append(CaptureResult(
-            path, info, error, stats, dict(decoder.issue_counts), list(decoder.issues), dict(decoder.counts),
-            time.monotonic() - t0,
-        ))
-        summaries.extend(flows)
+            keep_streams: bool = False, jobs: int = 1, engine: str = "local",
+            scheduler: str | None = None) -> AnalysisResult:
+    """Run every stage over the given capture files, in order.
+
+    ``jobs`` > 1 reads files, and ranges of large pcap files, in that many processes
+    (:mod:`analyzer.parallel`; below 1: one per usable core); ``engine="dask"`` runs the same
+    work on the Dask cluster at ``scheduler`` (:mod:`analyzer.dask_engine`). Both give the
+    same result as ``jobs=1``.
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
+    with gc_tuned():
+        return _analyze(paths, settings, progress, keep_streams, jobs, engine, scheduler)
+
+
+def _analyze(paths: list[str], settings: Settings, progress: bool, keep_streams: bool, jobs: int, engine: str,
+             scheduler: str | None) -> AnalysisResult:
+    if engine == "dask":
+        from analyzer.dask_engine import analyze_dask
+
+        parts = analyze_dask(paths, settings, scheduler=scheduler, jobs=jobs, progress=progress,
+                             keep_streams=keep_streams)
+    elif scheduler is not None:
+        raise ConfigError("a scheduler address is only used with the dask engine")
+    else:
+        from analyzer.parallel import analyze_files, usable_cores
+
+        n = jobs if jobs >= 1 else usable_cores()
+        if n == 1:
+            parts = [analyze_capture(p, i, settings, progress=progress, keep_streams=keep_streams)
+                     for i, p in enumerate(paths)]
+        else:
+            parts = analyze_files(paths, settings, jobs=n, progress=progress, keep_streams=keep_streams)
+    return finish(parts, settings)
+
+
+def finish(parts: list[tuple[CaptureResult, list[FlowSummary]]], settings: Settings) -> AnalysisResult:
+    """The cross-flow stages, once over every capture's flows: ids, records, rules (hop chains)."""
+    captures = [c for c, _ in parts]
+    summaries = [f for _, flows in parts for f in flows]
     summaries.sort(key=lambda f: f.key)
     flows_out = [
         FlowResult(i, community_id(f.client.ip, f.client.port, f.server.ip, f.server.port), f)

@@ -6,11 +6,14 @@ the overwhelmingly common frame (Ethernet, IPv4 without options or
 fragmentation, TCP) inline by offset; the flow key is the contiguous slice
 ``src ip + dst ip + src port + dst port`` (12 bytes for IPv4, 36 for IPv6),
 which is also what :class:`~analyzer.capture.decode.Decoder` returns for every
-other frame (VLAN, SLL, IPv6 extension headers, IP fragments ...).
+other frame (VLAN, SLL, IPv6 extension headers, IP fragments ...). Whether a
+frame goes to the decoder depends on its bytes only, never on the flow it
+belongs to, so decode issues and counters are the same whichever flows are
+of interest (and whichever process reads which part of a file).
 
 The table maps each directional key to one of:
 
-* ``_IGNORED``: a flow judged uninteresting; the packet is dropped after the
+* an *ignored marker*: a flow judged uninteresting; the packet is dropped after the
   lookup (and, on FIN/RST, both keys are forgotten so the table stays bounded);
 * a ``_Pending`` record: a flow that has shown a SYN but no payload yet, on a port
   that is not a mail port; its first payload decides (content detection);
@@ -27,28 +30,59 @@ starts a new one (port reuse), as Wireshark's ``tcp.stream`` does.
 Parser events are located right after each feed: their stream byte span is
 mapped to frame numbers and a timestamp through the half-stream's interval map,
 so every event points back into the capture.
+
+Memory is bounded by open flows and buffer limits, not by the file size.
+Housekeeping runs before every frame whose number is a multiple of
+:data:`HOUSEKEEPING_EVERY`, with the capture time of that frame as "now":
+
+* flows of interest idle for ``Limits.idle_timeout_ns`` are finished ("idle"),
+  closed ones leave after ``_CLOSED_LINGER_NS``; past ``Limits.max_flows`` the
+  least recently active flows are finished too (limit ``max_flows``);
+* pending flows older than the idle timeout are dropped;
+* ignored markers live in *generations*: a packet of an ignored flow whose marker
+  is of the previous generation refreshes it (one store per key per generation);
+  when a generation is older than the idle timeout, or when pending + ignored
+  entries exceed ``max_tracked_flows`` (limit ``max_tracked_flows``), the entries
+  not seen during the last generation are dropped and a new generation starts;
+* out-of-order bytes held by all flows together are capped at
+  ``Limits.total_buffer_bytes``: past it the largest holders deliver what they hold,
+  holes declared as gaps (limit ``total_buffer_bytes``), checked after every packet.
+
+Every limit hit is counted in :attr:`CaptureStats.limits` and listed per flow in
+:attr:`CaptureStats.flow_limits` (``ooo_per_direction`` when one direction's own
+out-of-order bound forced a gap). Between two housekeeping passes the table can grow
+by at most :data:`HOUSEKEEPING_EVERY` flows, so it never exceeds the caps by more.
+
+The same per-packet logic serves three entry points: :meth:`Engine.run` (the whole
+capture in one process), :meth:`Engine.run_decoded` (already decoded packets of a
+subset of the flows, with the housekeeping instants of the whole capture: the flow
+stage of :mod:`analyzer.parallel`), and :class:`Scanner` (decode and filter only,
+for one range of a capture; see its docstring for why what it forwards is enough).
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import ipaddress
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from analyzer.capture.decode import Decoder
 from analyzer.config import MAIL_PORTS, Limits, Settings
+from analyzer.flows.model import FlowSummary
 from analyzer.flows.reassembly import HalfStream
 from analyzer.model import Direction, Endpoint
 from analyzer.protocols import detect, is_tls_record, make_parser
-from analyzer.flows.model import FlowSummary
 from analyzer.protocols.base import Event, LocatedEvent, Parser, TlsStarted
 
 TH_FIN = 0x01  # TCP flags (RFC 9293)
 TH_SYN = 0x02
 TH_RST = 0x04
 TH_ACK = 0x10
+_FIN_RST = TH_FIN | TH_RST
 
 LINKTYPE_ETHERNET = 1  # LINKTYPE_ETHERNET (tcpdump.org/linktypes.html)
 _ETH_IPV4 = b"\x08\x00"  # ethertype IPv4
@@ -58,28 +92,41 @@ _IPPROTO_TCP = 6
 _U16 = struct.Struct("!H")
 _SEQ_ACK = struct.Struct("!II")
 
-#: check idle flows and progress every this many packets
-_HOUSEKEEPING_EVERY = 1 << 16
+#: housekeeping (idle expiry, caps, progress) runs before every frame whose number is a multiple of this
+HOUSEKEEPING_EVERY = 1 << 16
 #: keep at most this many frame numbers per located event (first ones, then the last one)
 MAX_EVENT_FRAMES = 64
+#: pending + ignored flows tracked before the ones not seen during the last generation are dropped
+#: (ours; about 250 bytes each, so the default bounds them near 128 MB)
+MAX_TRACKED_FLOWS = 1 << 19
+#: when out-of-order bytes exceed Limits.total_buffer_bytes, holders are flushed down to this share of it
+_BUFFER_RELIEF = 0.75
 
 #: closed flows stay in the table this long (capture time) to collect stragglers (2 x MSL)
 _CLOSED_LINGER_NS = 120 * 10**9
 
-_IGNORED = object()
+#: (frame, ts_ns, key, seq, ack, flags, payload): a decoded TCP packet with its global frame number
+Decoded = tuple[int, int, bytes, int, int, int, bytes]
+
+
+class _Marker:
+    """Table value of an ignored flow; a new instance per generation (compared by identity)."""
+
+    __slots__ = ()
 
 
 class _Pending:
     """A flow seen with SYN/SYN-ACK but no payload yet, on a non-mail port."""
 
-    __slots__ = ("client_key", "isn", "frame", "ts", "packets")
+    __slots__ = ("client_key", "isn", "frame", "ts", "packets", "gen")
 
-    def __init__(self, client_key: bytes | None, isn: dict[bytes, int], frame: int, ts: int) -> None:
+    def __init__(self, client_key: bytes | None, isn: dict[bytes, int], frame: int, ts: int, gen: int) -> None:
         self.client_key = client_key
         self.isn = isn
         self.frame = frame
         self.ts = ts
         self.packets = 1
+        self.gen = gen  #: generation of the last SYN seen (dropped when a crowded table rotates past it)
 
 
 class _Flow:
@@ -87,11 +134,11 @@ class _Flow:
 
     __slots__ = (
         "ckey", "skey", "summary", "c2s", "s2c", "parser", "protocol", "port_hint", "stopped",
-        "fin_c", "fin_s", "isn_c", "isn_s", "last_ts", "streams", "decided", "closed",
+        "fin_c", "fin_s", "isn_c", "isn_s", "last_ts", "streams", "decided", "closed", "serial", "held",
     )
 
     def __init__(self, ckey: bytes, skey: bytes, summary: FlowSummary, limits: Limits,
-                 port_hint: str | None, keep_streams: bool) -> None:
+                 port_hint: str | None, keep_streams: bool, serial: int) -> None:
         self.ckey = ckey
         self.skey = skey
         self.summary = summary
@@ -113,14 +160,23 @@ class _Flow:
             {"to_server": [], "to_client": []} if keep_streams else None
         )
         self.closed = False  # ended by FIN/RST: later packets only counted (TIME_WAIT stragglers)
+        self.serial = serial  # creation order in this engine (tie-breaker of the caps)
+        self.held = 0  # out-of-order bytes both half-streams held after the last packet
+
+
+def _ip_text(raw: bytes) -> str:
+    """Canonical text of a 4- or 16-byte address (``ipaddress`` form; IPv4 formatted directly)."""
+    if len(raw) == 4:
+        return f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
+    return str(ipaddress.ip_address(raw))
 
 
 def _endpoint(key: bytes, src: bool) -> Endpoint:
     """Endpoint from a 12- or 36-byte flow key."""
     n = 4 if len(key) == 12 else 16
     if src:
-        return Endpoint(str(ipaddress.ip_address(key[:n])), _U16.unpack_from(key, 2 * n)[0])
-    return Endpoint(str(ipaddress.ip_address(key[n : 2 * n])), _U16.unpack_from(key, 2 * n + 2)[0])
+        return Endpoint(_ip_text(key[:n]), _U16.unpack_from(key, 2 * n)[0])
+    return Endpoint(_ip_text(key[n : 2 * n]), _U16.unpack_from(key, 2 * n + 2)[0])
 
 
 def _reverse(key: bytes) -> bytes:
@@ -131,6 +187,34 @@ def _reverse(key: bytes) -> bytes:
 def _ports(key: bytes) -> tuple[int, int]:
     n = 8 if len(key) == 12 else 32
     return _U16.unpack_from(key, n)[0], _U16.unpack_from(key, n + 2)[0]
+
+
+def canonical_key(key: bytes) -> bytes:
+    """The direction-independent name of a flow key: the smaller of the key and its reverse."""
+    rev = _reverse(key)
+    return key if key <= rev else rev
+
+
+def key_hash(canonical: bytes) -> int:
+    """A 64-bit hash of a canonical key, equal in every process (``hash()`` of bytes is salted)."""
+    return int.from_bytes(hashlib.blake2b(canonical, digest_size=8).digest(), "little")
+
+
+_M32 = (1 << 32) - 1
+_M128 = (1 << 128) - 1
+_GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / golden ratio: Fibonacci hashing multiplier (Knuth, TAOCP 6.4)
+
+
+def partition_of(key: bytes, parts: int) -> int:
+    """The flow-stage partition of a directional key (both directions give the same answer)."""
+    x = int.from_bytes(key, "big")
+    if len(key) == 12:
+        a = (x >> 64) << 16 | (x >> 16) & 0xFFFF
+        b = ((x >> 32) & _M32) << 16 | x & 0xFFFF
+    else:
+        a = (x >> 160) << 16 | (x >> 16) & 0xFFFF
+        b = ((x >> 32) & _M128) << 16 | x & 0xFFFF
+    return (((a ^ b) * _GOLDEN) >> 61) % parts
 
 
 @dataclass(slots=True)
@@ -144,13 +228,38 @@ class CaptureStats:
     flows_of_interest: int = 0
     flows_ignored: int = 0
     parser_errors: int = 0  #: parser bugs caught at the engine boundary (never expected)
+    #: limit name -> times it was hit: ``max_flows`` (flows finished early), ``max_tracked_flows`` (pending or
+    #: ignored entries dropped), ``total_buffer_bytes`` (half-streams flushed), ``ooo_per_direction`` (gaps forced)
+    limits: dict[str, int] = field(default_factory=dict)
+    #: flow key (capture, first frame) -> names of the limits that flow hit, in order
+    flow_limits: dict[tuple[int, int], list[str]] = field(default_factory=dict)
+    #: (frame, open flows of interest, pending + ignored table keys) before each housekeeping decision
+    housekeeping: list[tuple[int, int, int]] = field(default_factory=list)
+    #: most out-of-order bytes held by all flows together (merged over flow partitions: the sum of
+    #: their peaks, an upper bound of the one-process value)
+    peak_buffer_bytes: int = 0
+
+    def merge(self, other: CaptureStats) -> None:
+        """Add the counters of a disjoint part of the same capture (flow partitions, ranges)."""
+        self.packets += other.packets
+        self.tcp_packets += other.tcp_packets
+        self.fast_path += other.fast_path
+        self.slow_path += other.slow_path
+        self.flows_of_interest += other.flows_of_interest
+        self.flows_ignored += other.flows_ignored
+        self.parser_errors += other.parser_errors
+        for name, n in other.limits.items():
+            self.limits[name] = self.limits.get(name, 0) + n
+        for k, names in other.flow_limits.items():
+            self.flow_limits.setdefault(k, []).extend(names)
+        self.peak_buffer_bytes += other.peak_buffer_bytes
 
 
 class Engine:
     """Reads one capture's packets and produces flow summaries with located events."""
 
     def __init__(self, settings: Settings, *, keep_streams: bool = False,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None, max_tracked_flows: int = MAX_TRACKED_FLOWS) -> None:
         self.settings = settings
         self.keep_streams = keep_streams
         self.progress = progress
@@ -163,47 +272,60 @@ class Engine:
         self._idle_ns = lim.idle_timeout_ns
         self._max_line = lim.max_line
         self._max_literal = lim.max_literal
+        self._max_flows = lim.max_flows
+        self._max_tracked_keys = 2 * max_tracked_flows
+        self._buffer_cap = lim.total_buffer_bytes
+        self._reset(0)
+
+    def _reset(self, capture_index: int) -> None:
+        """Fresh per-capture state."""
+        self._table: dict[bytes, Any] = {}
+        self._done: list[FlowSummary] = []
+        self._stats = CaptureStats()
+        self._capture = capture_index
+        self._live: dict[int, _Flow] = {}  # serial -> every flow of interest still in the table
+        self._serial = 0
+        self._held = 0  # out-of-order bytes held by all live flows
+        self._ign = _Marker()  # ignored marker of the current generation
+        self._ign_old = _Marker()  # ... and of the previous one
+        self._gen = 0
+        self._gen_start: int | None = None
 
     # ------------------------------------------------------------------ main loop
     def run(self, packets: Iterable[tuple[int, int, int, bytes]], capture_index: int,
             decoder: Decoder) -> tuple[list[FlowSummary], CaptureStats]:
         """Consume ``(ts_ns, linktype, wirelen, data)`` packets; return finished flows in first-frame order."""
-        table: dict[bytes, Any] = {}
-        done: list[FlowSummary] = []
-        stats = CaptureStats()
+        self._reset(capture_index)
+        table = self._table
+        stats = self._stats
         ports = self.ports
         all_tcp = self.all_tcp
         handle = self._handle
         new_flow = self._new_packet
         slow = decoder.decode
-        ignored = _IGNORED
+        ignored = self._ign
+        ignored_old = self._ign_old
+        pending_cls = _Pending
         u16 = _U16.unpack_from
         seqack = _SEQ_ACK.unpack_from
         frame = 0
         slow_n = 0
         fast_n = 0
-        next_housekeeping = _HOUSEKEEPING_EVERY
-        ctx = (table, done, stats, capture_index)
-        last_ts = 0
+        next_housekeeping = HOUSEKEEPING_EVERY
         for ts, linktype, wirelen, data in packets:
             frame += 1
             if frame >= next_housekeeping:
-                next_housekeeping = frame + _HOUSEKEEPING_EVERY
-                self._expire(ctx, last_ts)
+                next_housekeeping = frame + HOUSEKEEPING_EVERY
+                self._housekeep(frame, ts)
+                ignored = self._ign
+                ignored_old = self._ign_old
                 if self.progress is not None:
                     self.progress(frame)
             if linktype == LINKTYPE_ETHERNET and data[12:14] == _ETH_IPV4 and len(data) >= 54 and data[14] == 0x45 \
                     and not (data[20] & 0x3F or data[21]):
                 if data[23] != _IPPROTO_TCP:
                     continue
-                key = data[26:38]
-                st = table.get(key)
                 fast_n += 1
-                if st is ignored:
-                    if data[47] & 0x05:  # FIN or RST: forget the ignored flow
-                        table.pop(key, None)
-                        table.pop(_reverse(key), None)
-                    continue
                 doff = (data[46] >> 4) * 4
                 end = 14 + u16(data, 16)[0]
                 if doff < 20 or 34 + doff > end or end > len(data):
@@ -212,21 +334,21 @@ class Engine:
                     if pkt is None:
                         continue
                     key, seq, ack, flags, payload = pkt
+                    st = table.get(key)
                 else:
+                    key = data[26:38]
+                    st = table.get(key)
+                    if st is ignored:
+                        if data[47] & _FIN_RST:  # FIN or RST: forget the ignored flow
+                            table.pop(key, None)
+                            table.pop(_reverse(key), None)
+                        continue
                     payload = data[34 + doff : end]
                     seq, ack = seqack(data, 38)
                     flags = data[47] | ((data[46] & 1) << 8)
             elif linktype == LINKTYPE_ETHERNET and data[12:14] == _ETH_IPV6 and len(data) >= 74 and \
                     data[20] == _IPPROTO_TCP:
-                # IPv6 without extension headers: src+dst (32 bytes) then the ports are one key
-                key = data[22:54] + data[54:58]
-                st = table.get(key)
                 fast_n += 1
-                if st is ignored:
-                    if data[67] & 0x05:
-                        table.pop(key, None)
-                        table.pop(_reverse(key), None)
-                    continue
                 doff = (data[66] >> 4) * 4
                 end = 54 + u16(data, 18)[0]
                 if doff < 20 or 54 + doff > end or end > len(data):
@@ -234,7 +356,16 @@ class Engine:
                     if pkt is None:
                         continue
                     key, seq, ack, flags, payload = pkt
+                    st = table.get(key)
                 else:
+                    # IPv6 without extension headers: src+dst (32 bytes) then the ports are one key
+                    key = data[22:58]
+                    st = table.get(key)
+                    if st is ignored:
+                        if data[67] & _FIN_RST:
+                            table.pop(key, None)
+                            table.pop(_reverse(key), None)
+                        continue
                     payload = data[54 + doff : end]
                     seq, ack = seqack(data, 58)
                     flags = data[67] | ((data[66] & 1) << 8)
@@ -248,36 +379,81 @@ class Engine:
                     continue
                 key, seq, ack, flags, payload = pkt
                 st = table.get(key)
-                if st is ignored:
-                    if flags & 0x05:
-                        table.pop(key, None)
-                        table.pop(_reverse(key), None)
-                    continue
-            last_ts = ts
-            if st is None or st.__class__ is _Pending:
-                st = new_flow(ctx, st, key, seq, flags, payload, frame, ts, ports, all_tcp)
+            if st is ignored or st is ignored_old:
+                if st is ignored_old:
+                    table[key] = ignored  # seen in this generation
+                if flags & _FIN_RST:
+                    table.pop(key, None)
+                    table.pop(_reverse(key), None)
+                continue
+            if st is None or st.__class__ is pending_cls:
+                st = new_flow(st, key, seq, flags, payload, frame, ts, ports, all_tcp)
                 if st is None:
                     continue
-            handle(ctx, st, key, seq, ack, flags, payload, frame, ts)
+            handle(st, key, seq, ack, flags, payload, frame, ts)
         stats.packets = frame
         stats.fast_path = fast_n
         stats.slow_path = slow_n
-        # end of capture: flush everything still open
-        seen: set[int] = set()
-        for st in list(table.values()):
-            if st.__class__ is _Flow and id(st) not in seen:
-                seen.add(id(st))
-                if not st.closed:
-                    self._finish(ctx, st, "eof")
         decoder.flush()
+        return self._end()
+
+    def run_decoded(self, packets: Iterable[Decoded], capture_index: int,
+                    housekeeping: Sequence[tuple[int, int]], frames: int) -> tuple[list[FlowSummary], CaptureStats]:
+        """The flow stage alone: decoded packets of some flows, in frame order, with global frame numbers.
+
+        ``housekeeping`` lists ``(frame, ts_ns)`` of every housekeeping frame of the whole capture
+        (as :meth:`run` would meet them) and ``frames`` is the capture's frame count. Packets left out
+        must be ones :meth:`run` would have dropped without effect (see :class:`Scanner`).
+        """
+        self._reset(capture_index)
+        table = self._table
+        ports = self.ports
+        all_tcp = self.all_tcp
+        hk = iter(housekeeping)
+        nxt = next(hk, None)
+        for frame, ts, key, seq, ack, flags, payload in packets:
+            while nxt is not None and nxt[0] <= frame:
+                self._housekeep(nxt[0], nxt[1])
+                nxt = next(hk, None)
+            st = table.get(key)
+            if st is self._ign or st is self._ign_old:
+                if st is self._ign_old:
+                    table[key] = self._ign
+                if flags & _FIN_RST:
+                    table.pop(key, None)
+                    table.pop(_reverse(key), None)
+                continue
+            if st is None or st.__class__ is _Pending:
+                st = self._new_packet(st, key, seq, flags, payload, frame, ts, ports, all_tcp)
+                if st is None:
+                    continue
+            self._handle(st, key, seq, ack, flags, payload, frame, ts)
+        while nxt is not None and nxt[0] <= frames:
+            self._housekeep(nxt[0], nxt[1])
+            nxt = next(hk, None)
+        self._stats.packets = frames
+        return self._end()
+
+    def _end(self) -> tuple[list[FlowSummary], CaptureStats]:
+        """End of capture: flush every flow still open; return the flows in first-frame order."""
+        for fl in list(self._live.values()):
+            if not fl.closed:
+                self._finish(fl, "eof")
+        done = self._done
         done.sort(key=lambda f: f.key)
+        stats = self._stats
+        self._table = {}
+        self._live = {}
+        self._done = []
         return done, stats
 
     # ------------------------------------------------------------------ flow creation
-    def _new_packet(self, ctx: tuple[Any, ...], st: Any, key: bytes, seq: int, flags: int, payload: bytes,
+    def _new_packet(self, st: Any, key: bytes, seq: int, flags: int, payload: bytes,
                     frame: int, ts: int, ports: frozenset[int], all_tcp: bool) -> _Flow | None:
         """Decide what a packet of an unknown (or pending) flow starts; return the flow of interest or None."""
-        table, done, stats, capture_index = ctx
+        table = self._table
+        stats = self._stats
+        capture_index = self._capture
         sport, dport = _ports(key)
         syn_only = flags & (TH_SYN | TH_ACK) == TH_SYN
         synack = flags & (TH_SYN | TH_ACK) == TH_SYN | TH_ACK
@@ -305,18 +481,19 @@ class Engine:
             if not payload:
                 if flags & TH_SYN:
                     if st is None:
-                        p = _Pending(client_key, {key: seq}, frame, ts)
+                        p = _Pending(client_key, {key: seq}, frame, ts, self._gen)
                         table[key] = p
                         table[_reverse(key)] = p
                     else:
                         st.isn[key] = seq
                         st.packets += 1
+                        st.gen = self._gen
                         if st.client_key is None:
                             st.client_key = client_key
                 # bare ACKs of unknown flows are not remembered (bounded table)
                 return None
             if not self.content:
-                self._ignore(table, key)
+                self._ignore(key)
                 stats.flows_ignored += 1
                 return None
             d = Direction.TO_SERVER if client_key in (None, key) else Direction.TO_CLIENT
@@ -330,7 +507,7 @@ class Engine:
                     if proto is not None:
                         client_key = _reverse(key)
             if proto is None:
-                self._ignore(table, key)
+                self._ignore(key)
                 stats.flows_ignored += 1
                 return None
             detected_by = "content"
@@ -350,7 +527,8 @@ class Engine:
             bytes_to_client=0, gaps_to_server=0, gaps_to_client=0, gap_bytes_to_server=0, gap_bytes_to_client=0,
             retransmitted_bytes=0, overlap_conflicts=0, ended="eof", tls=None,
         )
-        fl = _Flow(client_key, skey, summary, self.settings.limits, hint, self.keep_streams)
+        self._serial += 1
+        fl = _Flow(client_key, skey, summary, self.settings.limits, hint, self.keep_streams, self._serial)
         if st is not None:
             # replay the pending SYN / SYN-ACK sequence numbers
             for k, isn in st.isn.items():
@@ -363,25 +541,25 @@ class Engine:
                 summary.saw_syn = True
         table[client_key] = fl
         table[skey] = fl
+        self._live[fl.serial] = fl
         stats.flows_of_interest += 1
         return fl
 
-    @staticmethod
-    def _ignore(table: dict[bytes, Any], key: bytes) -> None:
-        table[key] = _IGNORED
-        table[_reverse(key)] = _IGNORED
+    def _ignore(self, key: bytes) -> None:
+        table = self._table
+        table[key] = self._ign
+        table[_reverse(key)] = self._ign
 
     # ------------------------------------------------------------------ per packet of a flow of interest
-    def _handle(self, ctx: tuple[Any, ...], fl: _Flow, key: bytes, seq: int, ack: int, flags: int,
+    def _handle(self, fl: _Flow, key: bytes, seq: int, ack: int, flags: int,
                 payload: bytes, frame: int, ts: int) -> None:
-        table, done, stats, capture_index = ctx
-        stats.tcp_packets += 1
+        self._stats.tcp_packets += 1
         to_server = key == fl.ckey
         if fl.closed:
             if to_server and flags & (TH_SYN | TH_ACK) == TH_SYN and seq != fl.isn_c:
                 # port reuse after a clean close: a new connection on the same 4-tuple
-                self._forget(table, fl)
-                nfl = self._new_packet(ctx, None, key, seq, flags, payload, frame, ts, self.ports, True)
+                self._forget(fl)
+                nfl = self._new_packet(None, key, seq, flags, payload, frame, ts, self.ports, True)
                 if nfl is None:
                     return
                 fl = nfl
@@ -402,8 +580,8 @@ class Engine:
                 hs0.next_offset > 0 or fl.fin_c or fl.fin_s or fl.summary.ended == "rst"
             ):
                 # port reuse: a new connection on the same 4-tuple
-                self._finish(ctx, fl, "reused")
-                nfl = self._new_packet(ctx, None, key, seq, flags, payload, frame, ts, self.ports, True)
+                self._finish(fl, "reused")
+                nfl = self._new_packet(None, key, seq, flags, payload, frame, ts, self.ports, True)
                 if nfl is None:
                     return
                 fl = nfl
@@ -436,8 +614,11 @@ class Engine:
             rel = other.release()
             if rel:
                 self._deliver(fl, d.other, other, rel)
+            gaps = hs.gaps
             out = hs.segment(seq, payload, frame, ts)
             if out:
+                if hs.gaps != gaps:  # only the direction's own out-of-order bound forces a gap here
+                    self._limit(fl, "ooo_per_direction")
                 self._deliver(fl, d, hs, out)
         if flags & TH_FIN:
             out = hs.fin(seq + len(payload))
@@ -448,10 +629,19 @@ class Engine:
             else:
                 fl.fin_s = True
             if fl.fin_c and fl.fin_s:
-                self._finish(ctx, fl, "fin")
+                self._finish(fl, "fin")
                 return
         if flags & TH_RST:
-            self._finish(ctx, fl, "rst")
+            self._finish(fl, "rst")
+            return
+        held = fl.c2s.ooo_bytes + fl.s2c.ooo_bytes
+        if held != fl.held:
+            self._held += held - fl.held
+            fl.held = held
+            if self._held > self._stats.peak_buffer_bytes:
+                self._stats.peak_buffer_bytes = self._held
+            if self._held > self._buffer_cap:
+                self._relieve_buffers()
 
     # ------------------------------------------------------------------ delivery to the parser
     def _deliver(self, fl: _Flow, d: Direction, hs: HalfStream, out: list[tuple[str, int, Any]]) -> None:
@@ -530,30 +720,60 @@ class Engine:
                 fl.stopped = True
                 fl.summary.tls = "starttls"
 
+    # ------------------------------------------------------------------ limits
+    def _limit(self, fl: _Flow, name: str) -> None:
+        """Record that a flow hit a limit (per-capture counter and per-flow list)."""
+        stats = self._stats
+        stats.limits[name] = stats.limits.get(name, 0) + 1
+        names = stats.flow_limits.setdefault(fl.summary.key, [])
+        if name not in names:
+            names.append(name)
+
+    def _relieve_buffers(self) -> None:
+        """Out-of-order bytes of all flows exceed the total cap: the largest holders deliver what they hold."""
+        target = int(self._buffer_cap * _BUFFER_RELIEF)
+        holders = sorted(
+            ((hs.ooo_bytes, fl.serial, i, fl, hs) for fl in self._live.values() if fl.held
+             for i, hs in enumerate((fl.c2s, fl.s2c)) if hs.ooo_bytes),
+            key=lambda h: (-h[0], h[1], h[2]),
+        )
+        for _n, _serial, i, fl, hs in holders:
+            if self._held <= target:
+                break
+            out = hs.flush()
+            self._limit(fl, "total_buffer_bytes")
+            if out:
+                self._deliver(fl, Direction.TO_SERVER if i == 0 else Direction.TO_CLIENT, hs, out)
+            held = fl.c2s.ooo_bytes + fl.s2c.ooo_bytes
+            self._held += held - fl.held
+            fl.held = held
+
     # ------------------------------------------------------------------ ending flows
-    @staticmethod
-    def _forget(table: dict[bytes, Any], fl: _Flow) -> None:
+    def _forget(self, fl: _Flow) -> None:
+        table = self._table
         if table.get(fl.ckey) is fl:
             del table[fl.ckey]
         if table.get(fl.skey) is fl:
             del table[fl.skey]
+        self._live.pop(fl.serial, None)
 
-    def _finish(self, ctx: tuple[Any, ...], fl: _Flow, how: str) -> None:
+    def _finish(self, fl: _Flow, how: str) -> None:
         """End a flow: flush reassembly and parser, publish its summary.
 
         After FIN or RST the flow stays in the table, closed, so that the last ACKs and
         retransmissions count to it (as in Wireshark) instead of starting a new flow;
         closed flows leave the table after ``_CLOSED_LINGER_NS`` of capture time.
         """
-        table, done, stats, capture_index = ctx
         if how in ("fin", "rst"):
             fl.closed = True
         else:
-            self._forget(table, fl)
+            self._forget(fl)
         for d, hs in ((Direction.TO_SERVER, fl.c2s), (Direction.TO_CLIENT, fl.s2c)):
             out = hs.flush()
             if out:
                 self._deliver(fl, d, hs, out)
+        self._held -= fl.held
+        fl.held = 0
         if fl.parser is not None and not fl.stopped:
             for d in (Direction.TO_SERVER, Direction.TO_CLIENT):
                 ev = fl.parser.eof(d)
@@ -572,20 +792,234 @@ class Engine:
         s.retransmitted_bytes = fl.c2s.retransmitted_bytes + fl.s2c.retransmitted_bytes
         s.overlap_conflicts = fl.c2s.conflict_count + fl.s2c.conflict_count
         s.streams = fl.streams
-        done.append(s)
+        self._done.append(s)
 
-    def _expire(self, ctx: tuple[Any, ...], now: int) -> None:
-        """Flush flows idle for longer than the idle timeout (capture time)."""
-        table = ctx[0]
+    def _housekeep(self, frame: int, now: int) -> None:
+        """Idle expiry and the caps, before frame ``frame`` (capture time ``now``)."""
+        table = self._table
+        live = self._live
         limit = now - self._idle_ns
         linger = now - _CLOSED_LINGER_NS
-        stale = {id(v): v for v in table.values() if v.__class__ is _Flow and (
-            v.last_ts < limit or (v.closed and v.last_ts < linger))}
-        for fl in stale.values():
+        for fl in [v for v in live.values() if v.last_ts < limit or (v.closed and v.last_ts < linger)]:
             if fl.closed:
-                self._forget(table, fl)
+                self._forget(fl)
             else:
-                self._finish(ctx, fl, "idle")
-        pend = [k for k, v in table.items() if v.__class__ is _Pending and v.ts < limit]
-        for k in pend:
+                self._finish(fl, "idle")
+        n_live = len(live)
+        others = len(table) - 2 * n_live
+        self._stats.housekeeping.append((frame, n_live, others))
+        if n_live > self._max_flows:
+            victims = sorted(live.values(), key=lambda v: (v.last_ts, v.serial))[: n_live - self._max_flows]
+            for fl in victims:
+                self._limit(fl, "max_flows")
+                if fl.closed:
+                    self._forget(fl)
+                else:
+                    self._finish(fl, "idle")
+        if self._gen_start is None:
+            self._gen_start = now
+        crowded = others > self._max_tracked_keys
+        rotate = crowded or now - self._gen_start >= self._idle_ns
+        old = self._ign_old
+        gen = self._gen
+        dead = [k for k, v in table.items() if (v is old and rotate) or (
+            v.__class__ is _Pending and (v.ts < limit or (rotate and v.gen < gen)))]
+        for k in dead:
             del table[k]
+        if rotate:
+            if crowded and dead:
+                stats = self._stats
+                stats.limits["max_tracked_flows"] = stats.limits.get("max_tracked_flows", 0) + len(dead)
+            self._ign_old = self._ign
+            self._ign = _Marker()
+            self._gen = gen + 1
+            self._gen_start = now
+
+
+# ---------------------------------------------------------------------------------------------- range scanner
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """What :meth:`Scanner.run` learned about its range, besides the packets it forwarded."""
+
+    frames: int = 0  #: frames read in the range
+    fast_path: int = 0
+    slow_path: int = 0
+    forwarded: int = 0  #: packets handed to the flow stage
+    housekeeping: list[tuple[int, int]] = field(default_factory=list)  #: (frame, ts_ns) of housekeeping frames
+    #: canonical keys this range picked by content (sticky for the rest of the range)
+    interest: set[bytes] = field(default_factory=set)
+    #: :func:`key_hash` of every canonical key this range decided to ignore
+    ignored: set[int] = field(default_factory=set)
+
+
+class Scanner:
+    """Decode and flow-of-interest filter for one range of a capture (the cheap part, parallel).
+
+    Strategy: the scanner cannot know the state a flow was in when its range began, so
+    it forwards every packet that could matter to :meth:`Engine.run_decoded` under any
+    state, and drops only packets that the engine would drop without effect:
+
+    * packets with a mail port on either side (or every packet with ``all_tcp``) are
+      always forwarded, without a table entry;
+    * other flows are *undecided* until their first payload, and forwarded meanwhile
+      (SYNs, ACKs and FINs of a pending flow, or of a flow of interest that began earlier);
+      the first payload is tested with :func:`~analyzer.protocols.detect` in both
+      directions (the engine tests one direction, or both: a subset): a match makes the
+      flow *interesting* (forwarded until the range ends), else (and always when content
+      detection is off) it is *ignored*;
+    * an ignored flow forwards its FIN/RST (the engine forgets it there, and so does
+      the scanner) and the first packet of each direction after each housekeeping frame
+      (the engine may have started a new generation there and must see the flow
+      again); ignored keys not seen between two housekeeping frames are forgotten, so
+      the scanner forgets at least whenever the engine does, and an undecided flow
+      only forwards more.
+
+    The one case this cannot cover: a flow of interest picked by content in an earlier
+    range, still open here, whose first payload in this range does not look like mail.
+    The scanner reports the keys it ignored (hashed) and the keys it picked by content;
+    the caller intersects, and scans the range again with the conflicting keys
+    ``forced`` to be interesting from the start.
+    """
+
+    def __init__(self, settings: Settings, parts: int, forced: Iterable[bytes] = ()) -> None:
+        self.settings = settings
+        self.parts = max(1, parts)
+        self.forced = frozenset(forced)
+
+    def run(self, packets: Iterable[tuple[int, int, int, bytes]], first_frame: int, decoder: Decoder,
+            emit: Callable[[int, Decoded], None]) -> ScanResult:
+        """Scan packets numbered from ``first_frame`` + 1; hand each packet that may matter to ``emit(part, p)``."""
+        res = ScanResult()
+        parts = self.parts
+        # table values: an int (forward to that partition: a mail-port key, cached until the next
+        # housekeeping frame, or a key picked by content, kept: in ``sticky``) or an ignored marker
+        table: dict[bytes, Any] = {}
+        sticky: set[bytes] = set()
+        for ck in self.forced:
+            p = partition_of(ck, parts)
+            for k in (ck, _reverse(ck)):
+                table[k] = p
+                sticky.add(k)
+        ignored = _Marker()
+        ignored_old = _Marker()
+        ports = self.settings.ports
+        all_tcp = self.settings.all_tcp
+        content = self.settings.content_detection
+        slow = decoder.decode
+        u16 = _U16.unpack_from
+        seqack = _SEQ_ACK.unpack_from
+        to_server = Direction.TO_SERVER
+        to_client = Direction.TO_CLIENT
+        int_cls = int
+        hk = res.housekeeping
+        picked = res.interest
+        dropped = res.ignored
+        frame = first_frame
+        fast_n = slow_n = fwd = 0
+        st: Any = None
+        part = 0
+        next_housekeeping = (first_frame // HOUSEKEEPING_EVERY + 1) * HOUSEKEEPING_EVERY
+        for ts, linktype, wirelen, data in packets:
+            frame += 1
+            if frame >= next_housekeeping:
+                next_housekeeping = frame + HOUSEKEEPING_EVERY
+                hk.append((frame, ts))
+                for k in [k for k, v in table.items() if v is ignored_old or (
+                        v.__class__ is int_cls and k not in sticky)]:
+                    del table[k]
+                ignored_old = ignored
+                ignored = _Marker()
+            if linktype == LINKTYPE_ETHERNET and data[12:14] == _ETH_IPV4 and len(data) >= 54 and data[14] == 0x45 \
+                    and not (data[20] & 0x3F or data[21]):
+                if data[23] != _IPPROTO_TCP:
+                    continue
+                fast_n += 1
+                doff = (data[46] >> 4) * 4
+                end = 14 + u16(data, 16)[0]
+                if doff < 20 or 34 + doff > end or end > len(data):
+                    pkt = slow(frame, ts, linktype, data, wirelen)
+                    if pkt is None:
+                        continue
+                    key, seq, ack, flags, payload = pkt
+                    st = table.get(key)
+                else:
+                    key = data[26:38]
+                    st = table.get(key)
+                    if st is ignored and not data[47] & _FIN_RST:
+                        continue
+                    payload = data[34 + doff : end]
+                    seq, ack = seqack(data, 38)
+                    flags = data[47] | ((data[46] & 1) << 8)
+            elif linktype == LINKTYPE_ETHERNET and data[12:14] == _ETH_IPV6 and len(data) >= 74 and \
+                    data[20] == _IPPROTO_TCP:
+                fast_n += 1
+                doff = (data[66] >> 4) * 4
+                end = 54 + u16(data, 18)[0]
+                if doff < 20 or 54 + doff > end or end > len(data):
+                    pkt = slow(frame, ts, linktype, data, wirelen)
+                    if pkt is None:
+                        continue
+                    key, seq, ack, flags, payload = pkt
+                    st = table.get(key)
+                else:
+                    key = data[22:58]
+                    st = table.get(key)
+                    if st is ignored and not data[67] & _FIN_RST:
+                        continue
+                    payload = data[54 + doff : end]
+                    seq, ack = seqack(data, 58)
+                    flags = data[67] | ((data[66] & 1) << 8)
+            else:
+                if linktype == LINKTYPE_ETHERNET and data[12:14] == _ETH_IPV4 and len(data) >= 34 and \
+                        data[14] == 0x45 and data[23] != _IPPROTO_TCP and not (data[20] & 0x3F or data[21]):
+                    continue
+                pkt = slow(frame, ts, linktype, data, wirelen)
+                slow_n += 1
+                if pkt is None:
+                    continue
+                key, seq, ack, flags, payload = pkt
+                st = table.get(key)
+            if st.__class__ is int_cls:
+                part = st
+            elif st is None:
+                part = partition_of(key, parts)
+                sport, dport = _ports(key)
+                if all_tcp or sport in ports or dport in ports:
+                    table[key] = part
+                elif payload:
+                    ck = canonical_key(key)
+                    rev = _reverse(key)
+                    if content and (detect(payload, to_server, None) is not None or
+                                    detect(payload, to_client, None) is not None):
+                        table[key] = table[rev] = part
+                        sticky.add(key)
+                        sticky.add(rev)
+                        picked.add(ck)
+                    else:
+                        table[key] = table[rev] = ignored
+                        dropped.add(key_hash(ck))
+            else:  # ignored: FIN/RST, or the first packet of this direction since the last housekeeping frame
+                if st is ignored and not flags & _FIN_RST:
+                    continue
+                if flags & _FIN_RST:
+                    table.pop(key, None)
+                    table.pop(_reverse(key), None)
+                else:
+                    table[key] = ignored
+                part = partition_of(key, parts)
+            fwd += 1
+            emit(part, (frame, ts, key, seq, ack, flags, payload))
+        res.frames = frame - first_frame
+        res.fast_path = fast_n
+        res.slow_path = slow_n
+        res.forwarded = fwd
+        return res
+
+
+def merge_decoded(streams: Sequence[Iterable[Decoded]]) -> Iterable[Decoded]:
+    """Merge several frame-ordered packet streams into one, in frame order."""
+    if len(streams) == 1:
+        return streams[0]
+    return heapq.merge(*streams, key=lambda p: p[0])
