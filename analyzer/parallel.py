@@ -9,13 +9,14 @@ A large classic pcap file is cut into byte ranges and goes through four stages:
    a chain of :data:`SPLIT_CHAIN` plausible record headers starts (the reader's resync
    rules: caplen within the limit and not above wirelen, sub-second field below one
    second, timestamp within a year of the first packet's).
-2. *Count* (parallel). Each worker reads its range ``[start, end)`` with the real pcap
-   reader, fed the file header and then the range's bytes. A range that does not end
-   exactly on a record boundary shows as damage at its end: the reader of range k-1
-   must end where range k starts, so a split point that is not a true record boundary
-   can never go unnoticed. Any damage that moves the reader (``caplen_too_large``,
-   resync, trailing garbage, read errors) or a disagreement sends the whole file to
-   one process. The counts give every range its first global frame number.
+2. *Count* (parallel). Each worker walks the record headers of its range ``[start, end)``;
+   the records must tile the range exactly (the walk of range k-1 must end where range k
+   starts), so a split point that is not a true record boundary can never go unnoticed.
+   A range where the walk meets anything unusual is read again with the real pcap reader
+   (fed the file header, then the range's bytes): damage that moves the reader
+   (``caplen_too_large``, resync, trailing garbage, read errors), or a range other than
+   the last ending inside a record, sends the whole file to one process. The counts give
+   every range its first global frame number.
 3. *Scan* (parallel). Each worker reads its range again, frames numbered globally (so
    damage, decode issues and housekeeping frames are the one-process ones), decodes
    and filters with :class:`~analyzer.flows.table.Scanner`, and spills the packets that
@@ -31,7 +32,10 @@ A large classic pcap file is cut into byte ranges and goes through four stages:
    ignored flows, ``total_buffer_bytes``) are checked against the sum over partitions
    at every housekeeping frame (and the sum of the peaks): if the one-process engine
    could have hit one, the flow stage runs again in one process over all partitions,
-   merged by frame number.
+   merged by frame number. Results travel pickled with a dispatch table that sends the
+   slotted dataclasses as field tuples, with the cyclic collector paused
+   (:func:`encode_result`): the default pickling of such objects cost more than
+   computing them.
 
 Counters, damage records, decode issues and flows are merged in range or frame order,
 so the report is byte for byte the one-process report (the tests compare
@@ -49,6 +53,7 @@ import operator
 import os
 import pickle
 import shutil
+import stat
 import struct
 import sys
 import tempfile
@@ -60,7 +65,7 @@ from typing import Any, BinaryIO, Protocol
 
 from analyzer.capture.decode import Decoder, DecodeIssue
 from analyzer.capture.pcap import MAXIMUM_SNAPLEN, MAX_PLAUSIBLE_WIRELEN, PCAP_MAGICS, RESYNC_WINDOW_S, SNAPLEN_CAP, \
-    PcapCapture
+    VERSION_MAJOR, PcapCapture
 from analyzer.capture.reader import GZIP_MAGIC, CaptureInfo, Damage, Stream, os_reason
 from analyzer.config import Settings
 from analyzer.flows.model import FlowSummary
@@ -71,10 +76,12 @@ from analyzer.pipeline import CaptureResult, analyze_capture, gc_tuned, unusable
 #: classic pcap files smaller than this are read whole by one worker (ours: below it the
 #: split, count and spill stages cost more than a second core gains; measured in docs/dask.md)
 SPLIT_MIN_BYTES = 64 * 1024 * 1024
-#: a split point needs this many consecutive plausible record headers (ours)
+#: a split point needs this many consecutive plausible record headers (ours) ...
 SPLIT_CHAIN = 16
+#: ... or at least this many, running to the end of the window (large records) (ours)
+SPLIT_CHAIN_MIN = 4
 #: bytes examined after a target offset for a split point before giving that split up (ours)
-SPLIT_WINDOW = 4 * 1024 * 1024
+SPLIT_WINDOW = 2 * 1024 * 1024
 #: packets per pickled chunk of a spill (ours: chunks of about 1-4 MB)
 SPILL_CHUNK = 4096
 #: bytes read at a time when counting records (ours)
@@ -113,18 +120,22 @@ class PcapLayout:
 
 
 def pcap_layout(path: str) -> PcapLayout | None:
-    """The layout of a plain (not compressed) classic pcap file; None for anything else."""
+    """The layout of a plain (not compressed) classic pcap regular file of version 2.x; None for anything else."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # never read a pipe or a device here: bytes would be lost
+            return None
         with open(path, "rb") as f:
             head = f.read(PCAP_FILE_HEADER)
             size = os.fstat(f.fileno()).st_size
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a path with a NUL byte
         return None
     if len(head) < PCAP_FILE_HEADER or head.startswith(GZIP_MAGIC) or head[:4] not in PCAP_MAGICS:
         return None
     order, resolution, hlen = PCAP_MAGICS[head[:4]]
     e = "<" if order == "little" else ">"
-    snaplen = struct.unpack_from(e + "I", head, 16)[0]
+    major, snaplen = struct.unpack_from(e + "H", head, 4)[0], struct.unpack_from(e + "I", head, 16)[0]
+    if major != VERSION_MAJOR:
+        return None  # the reader refuses it: one process reports why
     return PcapLayout(
         header=head, record_format=e + "IIII", hlen=hlen,
         units=1_000_000 if resolution == "us" else NS_PER_S,
@@ -147,29 +158,32 @@ def _plausible(lay: PcapLayout, buf: bytes, q: int, ref_sec: int | None) -> int:
 
 
 def _boundary_after(f: BinaryIO, lay: PcapLayout, target: int, ref_sec: int | None) -> int | None:
-    """The first offset at or after ``target`` where :data:`SPLIT_CHAIN` plausible records start."""
+    """The first offset at or after ``target`` where a chain of plausible records starts.
+
+    The chain must be :data:`SPLIT_CHAIN` records long, or end exactly at the end of the
+    file, or run past the window after :data:`SPLIT_CHAIN_MIN` records. A wrong guess
+    costs only speed: the count stage notices it and the file goes to one process.
+    """
     f.seek(target)
     buf = f.read(SPLIT_WINDOW)
     at_eof = target + len(buf) >= lay.size
     for q in range(len(buf)):
         p = q
         chain = 0
-        while chain < SPLIT_CHAIN:
+        ok = False
+        while True:
             n = _plausible(lay, buf, p, ref_sec)
-            if n == -2:
-                # the window ends inside a header: fine at the end of the file, else give this start up
-                if at_eof and p == len(buf):
-                    chain = SPLIT_CHAIN
-                break
             if n < 0:
+                ok = (n == -2 and chain >= SPLIT_CHAIN_MIN) or (at_eof and p == len(buf) and chain > 0)
                 break
             p += n
             chain += 1
+            if chain >= SPLIT_CHAIN or (p >= len(buf) and chain >= SPLIT_CHAIN_MIN) or (at_eof and p == len(buf)):
+                ok = True
+                break
             if p > len(buf):
                 break
-            if p == len(buf) and at_eof:
-                chain = SPLIT_CHAIN
-        if chain >= SPLIT_CHAIN:
+        if ok:
             return target + q
     return None
 

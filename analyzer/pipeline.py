@@ -171,6 +171,14 @@ def _analyze(paths: list[str], settings: Settings, progress: bool, keep_streams:
 
 def finish(parts: list[tuple[CaptureResult, list[FlowSummary]]], settings: Settings) -> AnalysisResult:
     """The cross-flow stages, once over every capture's flows: ids, records, rules (hop chains)."""
+    gc.freeze()  # the flows and their events live on: the collector need not walk them again and again
+    try:
+        return _finish(parts, settings)
+    finally:
+        gc.unfreeze()
+
+
+def _finish(parts: list[tuple[CaptureResult, list[FlowSummary]]], settings: Settings) -> AnalysisResult:
     captures = [c for c, _ in parts]
     summaries = [f for _, flows in parts for f in flows]
     summaries.sort(key=lambda f: f.key)

@@ -97,8 +97,8 @@ HOUSEKEEPING_EVERY = 1 << 16
 #: keep at most this many frame numbers per located event (first ones, then the last one)
 MAX_EVENT_FRAMES = 64
 #: pending + ignored flows tracked before the ones not seen during the last generation are dropped
-#: (ours; about 250 bytes each, so the default bounds them near 128 MB)
-MAX_TRACKED_FLOWS = 1 << 19
+#: (ours; about 250 bytes each with their two table keys, so the default bounds them near 64 MB)
+MAX_TRACKED_FLOWS = 1 << 18
 #: when out-of-order bytes exceed Limits.total_buffer_bytes, holders are flushed down to this share of it
 _BUFFER_RELIEF = 0.75
 
@@ -107,6 +107,9 @@ _CLOSED_LINGER_NS = 120 * 10**9
 
 #: (frame, ts_ns, key, seq, ack, flags, payload): a decoded TCP packet with its global frame number
 Decoded = tuple[int, int, bytes, int, int, int, bytes]
+
+#: stands for the half-streams of a closed flow (never fed: a closed flow only counts packets)
+_RELEASED = HalfStream(max_ooo_bytes=0, max_ooo_segments=0, history_bytes=0)
 
 
 class _Marker:
@@ -793,6 +796,11 @@ class Engine:
         s.overlap_conflicts = fl.c2s.conflict_count + fl.s2c.conflict_count
         s.streams = fl.streams
         self._done.append(s)
+        if fl.closed:
+            # lingering after FIN/RST only counts stragglers: let the buffers and the parser go
+            fl.c2s = fl.s2c = _RELEASED
+            fl.parser = None
+            fl.streams = None
 
     def _housekeep(self, frame: int, now: int) -> None:
         """Idle expiry and the caps, before frame ``frame`` (capture time ``now``)."""
@@ -862,7 +870,8 @@ class Scanner:
     state, and drops only packets that the engine would drop without effect:
 
     * packets with a mail port on either side (or every packet with ``all_tcp``) are
-      always forwarded, without a table entry;
+      always forwarded (their partition is cached in the table until the next
+      housekeeping frame);
     * other flows are *undecided* until their first payload, and forwarded meanwhile
       (SYNs, ACKs and FINs of a pending flow, or of a flow of interest that began earlier);
       the first payload is tested with :func:`~analyzer.protocols.detect` in both
@@ -988,18 +997,23 @@ class Scanner:
                 sport, dport = _ports(key)
                 if all_tcp or sport in ports or dport in ports:
                     table[key] = part
-                elif payload:
-                    ck = canonical_key(key)
+                else:
                     rev = _reverse(key)
-                    if content and (detect(payload, to_server, None) is not None or
+                    if flags & _FIN_RST and table.get(rev).__class__ is _Marker:
+                        # this direction was forgotten here, the other one is ignored: the engine
+                        # may still have both as ignored and forget both now, so the scanner must
+                        del table[rev]
+                    if not payload:
+                        pass
+                    elif content and (detect(payload, to_server, None) is not None or
                                     detect(payload, to_client, None) is not None):
                         table[key] = table[rev] = part
                         sticky.add(key)
                         sticky.add(rev)
-                        picked.add(ck)
+                        picked.add(canonical_key(key))
                     else:
                         table[key] = table[rev] = ignored
-                        dropped.add(key_hash(ck))
+                        dropped.add(key_hash(canonical_key(key)))
             else:  # ignored: FIN/RST, or the first packet of this direction since the last housekeeping frame
                 if st is ignored and not flags & _FIN_RST:
                     continue
