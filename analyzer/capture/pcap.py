@@ -26,6 +26,7 @@ import struct
 from collections.abc import Callable, Generator
 
 from analyzer.capture.reader import (
+    MAX_PLAUSIBLE_WIRELEN,
     NS_PER_S,
     Capture,
     CaptureInfo,
@@ -33,6 +34,7 @@ from analyzer.capture.reader import (
     Stream,
     byte_class,
     field_max,
+    implausible_wirelen,
     resync,
 )
 from analyzer.errors import CaptureFormatError
@@ -44,7 +46,6 @@ VERSION_MAJOR = 2  # pcap-savefile(5): PCAP_VERSION_MAJOR
 VERSION_MINOR = 4  # pcap-savefile(5): PCAP_VERSION_MINOR
 MAXIMUM_SNAPLEN = 262144  # libpcap pcap-int.h MAXIMUM_SNAPLEN: largest caplen libpcap writes
 SNAPLEN_CAP = 64 * 1024 * 1024  # ours: a header snaplen above this does not raise the caplen limit
-MAX_PLAUSIBLE_WIRELEN = (1 << 24) - 1  # ours: resync rejects original lengths of 16 MiB and more
 RESYNC_WINDOW_S = 366 * 86400  # ours: a resync candidate's timestamp is within a year of the last packet
 LT_LINKTYPE_MASK = 0x0000FFFF  # libpcap pcap-common.h LT_LINKTYPE(): link type in the low 16 bits
 LT_FCS_LENGTH_PRESENT = 0x04000000  # libpcap pcap/pcap.h LT_FCS_LENGTH_PRESENT(): FCS length given
@@ -171,7 +172,7 @@ class PcapCapture(Capture):
                         while True:
                             sec, frac, cap, wire = unpack(buf, pos)
                             end = pos + hl + cap
-                            if end > n or cap > wire or cap > snap:
+                            if end > n or cap > wire or cap > snap or wire > MAX_PLAUSIBLE_WIRELEN:
                                 break
                             ts = sec * ns + frac * mul
                             pk += 1
@@ -242,6 +243,9 @@ class PcapCapture(Capture):
             info.add_damage(
                 offset, frame, "bad_caplen", f"caplen {cap} > original length {wire}; wirelen set to {cap}"
             )
+            wire = cap
+        elif wire > MAX_PLAUSIBLE_WIRELEN:
+            info.add_damage(offset, frame, "implausible_wirelen", implausible_wirelen(cap, wire))
             wire = cap
         if cap > self._snap:
             info.add_damage(offset, frame, "caplen_exceeds_snaplen", f"caplen {cap} > snaplen {self._snap}")

@@ -30,6 +30,7 @@ import struct
 from collections.abc import Callable, Generator
 
 from analyzer.capture.reader import (
+    MAX_PLAUSIBLE_WIRELEN,
     MAX_SKIPPED_BLOCK_TYPES,
     NS_PER_S,
     OTHER_BLOCK_TYPE,
@@ -37,6 +38,7 @@ from analyzer.capture.reader import (
     CaptureInfo,
     Packet,
     Stream,
+    implausible_wirelen,
     resync,
 )
 from analyzer.errors import CaptureFormatError
@@ -271,7 +273,7 @@ class PcapngCapture(Capture):
                             ):
                                 break
                             lt, mul, div, off, snap, gi = ifaces[ifid]
-                            if cap > wire or cap > snap:
+                            if cap > wire or cap > snap or wire > MAX_PLAUSIBLE_WIRELEN:
                                 break
                             ts = ((hi << 32) | lo) * mul // div + off
                             counts[gi] += 1
@@ -528,6 +530,9 @@ class PcapngCapture(Capture):
                 offset, frame, "bad_caplen", f"caplen {cap} > original length {wire}; wirelen set to {cap}"
             )
             wire = cap
+        elif wire > MAX_PLAUSIBLE_WIRELEN:
+            info.add_damage(offset, frame, "implausible_wirelen", implausible_wirelen(cap, wire))
+            wire = cap
         if cap > snap:
             info.add_damage(
                 offset, frame, "caplen_exceeds_snaplen", f"caplen {cap} > interface snaplen {snap}"
@@ -552,6 +557,9 @@ class PcapngCapture(Capture):
         lt, _mul, _div, _off, snap, gi = self._ifaces[0]
         wire = self._o.u32.unpack_from(data, pos + 8)[0]
         cap = min(wire, blen - 16, snap)
+        if wire > MAX_PLAUSIBLE_WIRELEN:
+            self.info.add_damage(offset, None, "implausible_wirelen", implausible_wirelen(cap, wire))
+            wire = cap
         self._counts[gi] += 1
         ts = self._last_ts if self._last_ts is not None else 0
         return (ts, lt, wire, data[pos + SPB_HEAD_LEN : pos + SPB_HEAD_LEN + cap])

@@ -30,6 +30,7 @@ truncated_record            pcap: the file ends inside a record's packet data; n
 truncated_block             pcapng: the file ends inside a block; nothing yielded for it
 caplen_too_large            pcap: a record's caplen is absurd (above max(snaplen, 262144)); resync
 bad_caplen                  caplen > original length: packet yielded with wirelen = caplen
+implausible_wirelen         original length of 16 MiB or more: packet yielded with wirelen = caplen
 caplen_exceeds_snaplen      caplen > the snaplen of the file/interface (packet still yielded)
 caplen_exceeds_block        pcapng: an EPB/OPB's caplen does not fit in its block; packet skipped
 bad_block_length            pcapng: block length not a multiple of 4, below the minimum of its
@@ -82,12 +83,24 @@ NS_PER_S = 1_000_000_000  # nanoseconds per second
 
 
 #: Every Damage code with its one-line meaning (the table in the module docstring, as data).
+#: an original (wire) length at or above this is a lie (ours: 16 MiB, far above any link's MTU or TSO frame)
+MAX_PLAUSIBLE_WIRELEN = (1 << 24) - 1
+
+
+def implausible_wirelen(cap: int, wire: int) -> str:
+    """The damage detail for a record whose original length ``wire`` is implausible."""
+    return f"original length {wire} is implausible (limit {MAX_PLAUSIBLE_WIRELEN}); wirelen set to caplen {cap}"
+
+
 DAMAGE_CODES: dict[str, str] = {
     "truncated_header": "pcap: the file ends inside a record header; nothing yielded for it",
     "truncated_record": "pcap: the file ends inside a record's packet data; nothing yielded",
     "truncated_block": "pcapng: the file ends inside a block; nothing yielded for it",
     "caplen_too_large": "pcap: a record's caplen is absurd (above max(snaplen, 262144)); resync",
     "bad_caplen": "caplen > original length: packet yielded with wirelen = caplen",
+    "implausible_wirelen": (
+        "original length of 16 MiB or more (no link carries such a frame): packet yielded with wirelen = caplen"
+    ),
     "caplen_exceeds_snaplen": "caplen > the snaplen of the file/interface (packet still yielded)",
     "caplen_exceeds_block": "pcapng: an EPB/OPB's caplen does not fit in its block; packet skipped",
     "bad_block_length": (

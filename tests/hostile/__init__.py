@@ -210,11 +210,4 @@ KNOWN_BUGS: dict[str, KnownBug] = {
         "without a trace in report.json",
         False,
     ),
-    "pcap_wirelen_4g": KnownBug(
-        "BUG (silent skip): capture/pcap.py accepts an original length of 0xFFFFFFFF without a Damage record "
-        "although _resync() itself calls wirelen > MAX_PLAUSIBLE_WIRELEN (16 MiB) implausible. Fix: in "
-        "PcapCapture._generate() leave the hot loop when wire > MAX_PLAUSIBLE_WIRELEN and let _slow() record "
-        "'implausible_wirelen' (new DAMAGE_CODES entry); same in pcapng._packet_block()",
-        False,
-    ),
 }

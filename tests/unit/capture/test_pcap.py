@@ -158,6 +158,20 @@ def test_caplen_above_wirelen_is_yielded_with_wirelen_caplen(tmp_path: Path) -> 
     assert "60" in info.damage[0].detail and "50" in info.damage[0].detail
 
 
+def test_implausible_wirelen_is_damage_and_set_to_caplen(tmp_path: Path) -> None:
+    """A 4 GB original length is reported (hot loop and slow path alike), the packet still read."""
+    data = (
+        pcap_header()
+        + pcap_record(BASE_SEC, 0, payload(1, 60))
+        + pcap_record(BASE_SEC, 1, payload(2, 60), wirelen=0xFFFFFFFF)
+        + pcap_record(BASE_SEC, 2, payload(3, 60), wirelen=(1 << 24) - 1)
+    )
+    packets, info = read(tmp_path, data)
+    assert [(p[2], len(p[3])) for p in packets] == [(60, 60), (60, 60), ((1 << 24) - 1, 60)]
+    assert [(d.code, d.frame) for d in info.damage] == [("implausible_wirelen", 2)]
+    assert "4294967295" in info.damage[0].detail
+
+
 def test_caplen_above_snaplen_is_yielded(tmp_path: Path) -> None:
     data = pcap_header(snaplen=64) + b"".join(
         pcap_record(BASE_SEC, i, payload(i, 60 + 5 * i)) for i in range(3)

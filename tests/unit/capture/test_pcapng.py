@@ -336,6 +336,18 @@ def test_epb_caplen_above_wirelen_and_snaplen(tmp_path: Path) -> None:
     assert [(d.code, d.frame) for d in info.damage] == [("bad_caplen", 1), ("caplen_exceeds_snaplen", 2)]
 
 
+def test_epb_implausible_wirelen_is_damage(tmp_path: Path) -> None:
+    data = (
+        pcapng_shb()
+        + pcapng_idb()
+        + pcapng_epb(0, BASE_SEC * 10**6, payload(1, 60))
+        + pcapng_epb(0, BASE_SEC * 10**6, payload(2, 70), wirelen=0xFFFFFFFF)
+    )
+    packets, info = read(tmp_path, data)
+    assert [(p[2], len(p[3])) for p in packets] == [(60, 60), (70, 70)]
+    assert [(d.code, d.frame) for d in info.damage] == [("implausible_wirelen", 2)]
+
+
 def test_epb_caplen_beyond_its_block_is_skipped(tmp_path: Path) -> None:
     data = (
         pcapng_shb()
