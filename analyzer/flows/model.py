@@ -36,6 +36,15 @@ class FlowSummary:
     overlap_conflicts: int  #: overlapping bytes with different content (first arrival kept)
     ended: str  #: "fin" (both sides), "half-fin", "rst", "reused" (new SYN on the 4-tuple), "idle", "eof"
     tls: str | None  #: "implicit" (TLS from the first byte), "starttls", or None (cleartext)
+    #: segments (and FINs) dropped for lying more than MAX_WINDOW from the stream, per direction
+    out_of_window_to_server: int = 0
+    out_of_window_to_client: int = 0
+    #: bytes dropped because they lie before the stream base or inside a gap already declared
+    late_bytes_to_server: int = 0
+    late_bytes_to_client: int = 0
+    #: bytes dropped because they lie at or beyond the direction's FIN
+    after_fin_bytes_to_server: int = 0
+    after_fin_bytes_to_client: int = 0
     events: list[LocatedEvent] = field(default_factory=list)  #: dissected events, in capture order
     streams: dict[str, list[tuple[str, int, Any]]] | None = None  #: raw delivery log (tests only)
 

@@ -794,6 +794,10 @@ class Engine:
             s.ended = how
         s.retransmitted_bytes = fl.c2s.retransmitted_bytes + fl.s2c.retransmitted_bytes
         s.overlap_conflicts = fl.c2s.conflict_count + fl.s2c.conflict_count
+        c2s, s2c = fl.c2s, fl.s2c
+        s.out_of_window_to_server, s.out_of_window_to_client = c2s.out_of_window, s2c.out_of_window
+        s.late_bytes_to_server, s.late_bytes_to_client = c2s.late_bytes, s2c.late_bytes
+        s.after_fin_bytes_to_server, s.after_fin_bytes_to_client = c2s.after_fin_bytes, s2c.after_fin_bytes
         s.streams = fl.streams
         self._done.append(s)
         if fl.closed:

@@ -482,7 +482,8 @@ FLOW_COLUMNS = (
     "server_ip", "server_port", "tls", "saw_syn", "first_frame", "last_frame", "first_ts", "last_ts",
     "first_ts_ns", "last_ts_ns", "packets_to_server", "packets_to_client", "bytes_to_server", "bytes_to_client",
     "gaps_to_server", "gap_bytes_to_server", "gaps_to_client", "gap_bytes_to_client", "retransmitted_bytes",
-    "overlap_conflicts", "ended", "records", "forwarding_records", "findings", "worst_severity",
+    "overlap_conflicts", "out_of_window_segments", "late_bytes", "after_fin_bytes", "ended", "records",
+    "forwarding_records", "findings", "worst_severity",
 )
 
 
@@ -551,13 +552,16 @@ def build_frames(doc: Mapping[str, Any]) -> ReportFrames:
         cap = f["capture"]
         path = captures[cap]["path"] if 0 <= cap < len(captures) else None
         gts, gtc = f["gaps"]["to_server"], f["gaps"]["to_client"]
+        drs, drc = f["dropped"]["to_server"], f["dropped"]["to_client"]
         cl, sv = f["client"], f["server"]
         wrows.append((
             fid, cap, path, f["community_id"], f["protocol"], f["detected_by"], cl["ip"], cl["port"], sv["ip"],
             sv["port"], f["tls"], f["saw_syn"], f["first_frame"], f["last_frame"], f["first_ts"], f["last_ts"],
             f["first_ts_ns"], f["last_ts_ns"], f["packets"]["to_server"], f["packets"]["to_client"],
             f["bytes"]["to_server"], f["bytes"]["to_client"], gts["count"], gts["bytes"], gtc["count"], gtc["bytes"],
-            f["retransmitted_bytes"], f["overlap_conflicts"], f["ended"], rec_count.get(fid, 0),
+            f["retransmitted_bytes"], f["overlap_conflicts"],
+            drs["out_of_window_segments"] + drc["out_of_window_segments"], drs["late_bytes"] + drc["late_bytes"],
+            drs["after_fin_bytes"] + drc["after_fin_bytes"], f["ended"], rec_count.get(fid, 0),
             fwd_count.get(fid, 0), find_count.get(fid, 0), label_of_rank.get(worst_rank.get(fid, 0)),
         ))
     flows = pd.DataFrame(wrows, columns=list(FLOW_COLUMNS), dtype=object)
@@ -610,6 +614,9 @@ def _coverage(doc: Mapping[str, Any]) -> tuple[tuple[CoverageItem, ...], tuple[C
                      f"flows with bytes missing from the capture ({cov['gap_bytes']} bytes in all)"),
         CoverageItem("conflicting retransmissions", cov["overlap_conflicts"],
                      "overlapping bytes that differed (the first copy was used)"),
+        CoverageItem("dropped segments", cov["flows_with_dropped_segments"],
+                     f"flows with segments outside the TCP window or after FIN that reassembly dropped "
+                     f"({cov['out_of_window_segments']} out-of-window segments)"),
         CoverageItem("picked up mid-stream", cov["flows_without_syn"], "flows whose start was not captured"),
         CoverageItem("damaged captures", cov["damaged_captures"], "files with unreadable regions"),
         CoverageItem("decode issues", cov["decode_issues"], "frames that could not be decoded completely"),
@@ -627,6 +634,11 @@ def _coverage(doc: Mapping[str, Any]) -> tuple[tuple[CoverageItem, ...], tuple[C
         if gaps:
             gap_bytes = f["gaps"]["to_server"]["bytes"] + f["gaps"]["to_client"]["bytes"]
             reasons.append(f"{gaps} gap(s), {gap_bytes} bytes missing")
+        dropped = {k: f["dropped"]["to_server"][k] + f["dropped"]["to_client"][k]
+                   for k in ("out_of_window_segments", "late_bytes", "after_fin_bytes")}
+        if any(dropped.values()):
+            reasons.append(f"dropped: {dropped['out_of_window_segments']} out-of-window segment(s), "
+                           f"{dropped['late_bytes']} late and {dropped['after_fin_bytes']} after-FIN bytes")
         if not reasons:
             continue
         total += 1

@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import datetime
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from analyzer import __version__
@@ -188,6 +188,12 @@ def _flow(f: FlowResult) -> dict[str, Any]:
         },
         "retransmitted_bytes": s.retransmitted_bytes,
         "overlap_conflicts": s.overlap_conflicts,
+        "dropped": {
+            "to_server": {"out_of_window_segments": s.out_of_window_to_server, "late_bytes": s.late_bytes_to_server,
+                          "after_fin_bytes": s.after_fin_bytes_to_server},
+            "to_client": {"out_of_window_segments": s.out_of_window_to_client, "late_bytes": s.late_bytes_to_client,
+                          "after_fin_bytes": s.after_fin_bytes_to_client},
+        },
         "saw_syn": s.saw_syn,
         "first_frame": s.first_frame,
         "last_frame": s.last_frame,
@@ -197,6 +203,11 @@ def _flow(f: FlowResult) -> dict[str, Any]:
         "last_ts_ns": s.last_ts_ns,
         "ended": s.ended,
     }
+
+
+def _dropped(f: Mapping[str, Any]) -> int:
+    """Segments and bytes a flow's reassembly dropped (out of window, late, after FIN), all summed."""
+    return sum(n for d in f["dropped"].values() for n in d.values())
 
 
 def _ep(e: Endpoint | None) -> dict[str, Any] | None:
@@ -495,6 +506,11 @@ def report_data(result: AnalysisResult, *, generated_at: str | None = None) -> d
                 ),
                 "gap_bytes": sum(f["gaps"]["to_server"]["bytes"] + f["gaps"]["to_client"]["bytes"] for f in flows),
                 "overlap_conflicts": sum(f["overlap_conflicts"] for f in flows),
+                "flows_with_dropped_segments": sum(1 for f in flows if _dropped(f)),
+                "out_of_window_segments": sum(
+                    f["dropped"]["to_server"]["out_of_window_segments"]
+                    + f["dropped"]["to_client"]["out_of_window_segments"] for f in flows
+                ),
                 "flows_without_syn": sum(1 for f in flows if not f["saw_syn"]),
                 "damaged_captures": sum(1 for c in readable if c.info is not None and (
                     c.info.damage or c.info.damage_dropped)),

@@ -198,16 +198,4 @@ KNOWN_BUGS: dict[str, KnownBug] = {
         True,
         ("long",),
     ),
-    "seq_jump_2_31": KnownBug(
-        "BUG (silent skip): segments more than MAX_WINDOW away are dropped by flows/reassembly.py "
-        "HalfStream.segment() and only counted in HalfStream.out_of_window, which never reaches report.json. "
-        "Fix: copy out_of_window (and late_bytes, after_fin_bytes) into FlowSummary in flows/table.py "
-        "Engine._finish() and emit them in report/jsonout.py _flow() (e.g. 'dropped': {...})",
-        False,
-    ),
-    "seq_wrap_every_segment": KnownBug(
-        "BUG (silent skip): as seq_jump_2_31: every segment but the first is out of window and dropped "
-        "without a trace in report.json",
-        False,
-    ),
 }
