@@ -53,6 +53,7 @@ read_error                  the operating system failed a read; reading stopped 
 
 from __future__ import annotations
 
+import abc
 import io
 import re
 import zlib
@@ -464,7 +465,7 @@ def field_max(max_value: int, little: bool) -> bytes:
     return b"..." + msb if little else msb + b"..."
 
 
-class Capture:
+class Capture(abc.ABC):
     """An open capture file; iterate :meth:`packets` once. Context manager."""
 
     def __init__(self, stream: Stream, info: CaptureInfo, closer: Callable[[], None] | None) -> None:
@@ -483,13 +484,13 @@ class Capture:
             self._gen = self._generate()
         return self._gen
 
+    @abc.abstractmethod
     def _generate(self) -> Generator[Packet, None, None]:
         """The format-specific packet generator."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def has_complete_packet(self) -> bool:
         """Whether the buffered bytes already hold one whole packet record (gzip open check)."""
-        raise NotImplementedError
 
     def _sync(self) -> None:
         """Refresh the progress fields of ``info``."""
