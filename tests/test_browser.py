@@ -156,6 +156,21 @@ def test_xss_report_in_chromium(browser: Any, tmp_path: Path) -> None:
         copy.click()
         opened.page.wait_for_function("b => b.textContent !== 'copy'", arg=copy.element_handle())
 
+    # a finding links to its forwarding command (rendered once, in the records table): the link shows that
+    # row even when a filter hid it, and opens its details (the command as sent, its parameters)
+    row = opened.page.locator("#findings-table tbody.row:not([hidden])", has=opened.page.locator("a.record-link")).first
+    row.locator("details").evaluate("d => { d.open = true; }")
+    link = row.locator("a.record-link")
+    target = (link.get_attribute("href") or "")[1:]
+    assert target.startswith("record-")
+    opened.page.fill('.controls[data-for="records-table"] input[data-search]', "no row has this text")
+    assert js("id => document.getElementById(id).hidden", target) is True
+    link.click()
+    assert js("id => document.getElementById(id).hidden", target) is False
+    assert js("id => document.getElementById(id).querySelector('details').open", target) is True
+    assert opened.page.locator(f"#{target} pre.wire").first.is_visible()
+    assert opened.page.locator(f"#{target} table.kvt").first.is_visible()
+
     # hop chains are drawn, with the offending hop marked; the payloads are text
     assert js("document.querySelectorAll('svg.chain-svg').length") == len(doc["chains"]) >= 1
     assert js("document.querySelectorAll('svg.chain-svg g.edge.offending').length") >= 1

@@ -1,4 +1,4 @@
-"""Reports: build the data once (``jsonout.report_data``), render it per format.
+"""Reports: one document (``jsonout.report_doc``), rendered per format in one pass over its items.
 
 Formats and the files they write (into the output directory):
 
@@ -11,6 +11,12 @@ Formats and the files they write (into the output directory):
 
 Each file is written to a temporary name first and then renamed, so a reader never sees
 half a report.
+
+Strategy: the document is lazy (:func:`analyzer.report.jsonout.report_doc`); its items are
+built once, in one pass (:func:`analyzer.report.jsonout.feed`), and handed to every format's
+sink at the same time: report.json and the CSV files are written item by item, the HTML page
+keeps only the rows it lists. All files are open together; ``report.jsonl`` (capture-time
+order) reads the items once more, in its own order. pandas is not imported.
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TextIO
 
 from analyzer.errors import ConfigError
 from analyzer.pipeline import AnalysisResult
@@ -68,39 +74,50 @@ def _check_formats(formats: tuple[str, ...]) -> None:
         raise ConfigError(f"unknown report format {unknown[0]!r} (choose from {', '.join(FORMATS)})")
 
 
-def _pieces(result: AnalysisResult, formats: tuple[str, ...], generated_at: str | None) -> Iterator[tuple[str, Iterable[str]]]:
-    """(file name, text pieces) per output file, rendered one format at a time from one report document."""
-    from analyzer.report.jsonout import iter_json, report_data
+def _render(result: AnalysisResult, formats: tuple[str, ...], generated_at: str | None,
+            opener: Callable[[str], Callable[[str], object]]) -> None:
+    """Render the formats; ``opener(file name)`` gives the write function of each output file."""
+    from analyzer.report.jsonout import JsonSink, Sink, feed, report_doc
 
-    doc = report_data(result, generated_at=generated_at)
-    frames: Any = None
+    doc = report_doc(result, generated_at=generated_at)
+    sinks: list[Sink] = []
+    dg = None
     if "csv" in formats or "html" in formats:
-        from analyzer.report.data import build_frames
+        from analyzer.report.data import digest
 
-        frames = build_frames(doc)
+        dg = digest(doc)
     for fmt in formats:
         if fmt == "json":
-            yield "report.json", iter_json(doc)
-        elif fmt == "jsonl":
-            from analyzer.report.jsonl import iter_jsonl
-
-            yield "report.jsonl", iter_jsonl(doc)
+            sinks.append(JsonSink(doc, opener("report.json")))
         elif fmt == "csv":
-            from analyzer.report.csvout import render_csv
+            from analyzer.report.csvout import CSV_FILES, CsvSink
 
-            for name, text in render_csv(frames).items():
-                yield name, (text,)
-        else:
-            from analyzer.report.html import render_html
+            sinks.append(CsvSink(doc, {name: opener(name) for name, _ in CSV_FILES}, dg))
+        elif fmt == "html":
+            from analyzer.report.html import HtmlSink
 
-            yield "report.html", (render_html(doc, frames=frames),)
+            sinks.append(HtmlSink(doc, opener("report.html"), dg=dg))
+    if sinks:
+        feed(doc, sinks)
+    if "jsonl" in formats:
+        from analyzer.report.jsonl import iter_jsonl
+
+        write = opener("report.jsonl")
+        for line in iter_jsonl(doc):
+            write(line)
 
 
 def render_reports(result: AnalysisResult, formats: tuple[str, ...] = DEFAULT_FORMATS, *,
                    generated_at: str | None = None) -> dict[str, str]:
     """``{file name: text}`` for the requested formats, all built from one report document."""
     _check_formats(formats)
-    return {name: "".join(pieces) for name, pieces in _pieces(result, formats, generated_at)}
+    parts: dict[str, list[str]] = {}
+
+    def opener(name: str) -> Callable[[str], object]:
+        return parts.setdefault(name, []).append
+
+    _render(result, formats, generated_at, opener)
+    return {name: "".join(parts[name]) for name in output_files(formats)}
 
 
 def write_reports(result: AnalysisResult, out_dir: str, formats: tuple[str, ...] = DEFAULT_FORMATS,
@@ -122,24 +139,36 @@ def write_reports(result: AnalysisResult, out_dir: str, formats: tuple[str, ...]
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create output directory {out}: {exc.strerror}") from exc
-    written = []
-    for name, pieces in _pieces(result, formats, generated_at):
-        target = out / name
+    temps: dict[str, tuple[str, TextIO]] = {}  # file name -> (temporary path, open file)
+
+    def opener(name: str) -> Callable[[str], object]:
+        # a fresh temporary file of our own (O_EXCL: never a file or symlink planted in -o), renamed over
+        # the target once every file is complete: readers never see half a report, links are never followed
         try:
-            # a fresh temporary file of our own (O_EXCL: never a file or symlink planted in -o), then
-            # renamed over the target: readers never see half a report, links are never followed
             fd, tmp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-                    for piece in pieces:
-                        fh.write(piece)
-                os.chmod(tmp_name, 0o644)
-                os.replace(tmp_name, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
-                raise
         except OSError as exc:
-            raise ConfigError(f"cannot write {target}: {exc.strerror}") from exc
-        written.append(target)
+            raise ConfigError(f"cannot write {out / name}: {exc.strerror}") from exc
+        fh = os.fdopen(fd, "w", encoding="utf-8", newline="\n")
+        temps[name] = (tmp_name, fh)
+        return fh.write
+
+    try:
+        try:
+            _render(result, formats, generated_at, opener)
+            for name, (tmp_name, fh) in temps.items():
+                fh.close()
+                os.chmod(tmp_name, 0o644)
+            written = []
+            for name in names:
+                tmp_name, _fh = temps.pop(name)
+                os.replace(tmp_name, out / name)
+                written.append(out / name)
+        except OSError as exc:
+            raise ConfigError(f"cannot write the reports in {out}: {exc.strerror}") from exc
+    finally:
+        for tmp_name, fh in temps.values():
+            with contextlib.suppress(OSError):
+                fh.close()
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
     return written

@@ -1,41 +1,47 @@
 """The report's view model: everything the HTML page and the CSV files show, built before rendering.
 
-Strategy: the JSON document (:func:`analyzer.report.jsonout.report_data`) is the single
-source of truth. This module turns it into (1) pandas DataFrames, one flat row per finding,
-record and flow (``findings.csv``/``records.csv``/``flows.csv`` are written from them, and the
-summary tables are crosstabs of them), and (2) small frozen view dataclasses for the HTML
-template: rows already formatted and clipped, chain pictures and the timeline already laid
-out in SVG coordinates. Templates then only loop and print (coverage.py's
-``HtmlDataGeneration`` / ``HtmlReporter`` split), and tests can assert on this view model
-without parsing HTML.
+Strategy: the JSON document (:func:`analyzer.report.jsonout.report_doc`) is the single
+source of truth, read in ONE pass (:func:`analyzer.report.jsonout.feed`): its arrays may be
+lazy, and a capture with 100,000 forwarding commands must not be held in memory. Before the
+pass, :func:`digest` counts what needs every item (per-flow counts, the crosstabs, which
+findings the page lists, the timeline bins) from light keys (``record_keys`` /
+``finding_keys``: no item dict is built). During the pass :class:`ViewBuilder` keeps only the
+rows the page lists (bounded, see below) and the CSV files (:mod:`analyzer.report.csvout`)
+are written one row per item (:func:`finding_row`, :func:`record_row`, :func:`flow_row`).
+Templates then only loop and print (coverage.py's ``HtmlDataGeneration`` / ``HtmlReporter``
+split), and tests can assert on this view model without parsing HTML.
 
 Bounds: the page lists at most :data:`MAX_FINDING_ROWS` findings (the most severe first),
-:data:`MAX_RECORD_ROWS` records, :data:`MAX_FLOW_ROWS` flows and draws :data:`MAX_CHAINS_DRAWN`
-chains; the timeline bins events into :data:`TIMELINE_BINS` columns per lane, so its size does
-not grow with the capture. Every cut is counted and stated on the page.
-
-pandas is imported inside functions only: the parsers and their tests never pay for it.
+:data:`MAX_RECORD_ROWS` records (each with at most :data:`MAX_PARAMS_SHOWN` parameters),
+:data:`MAX_FLOW_ROWS` flows and draws :data:`MAX_CHAINS_DRAWN` chains; the timeline bins
+events into :data:`TIMELINE_BINS` columns per lane, so its size does not grow with the
+capture. A record's parameters are shown once, in the records section; a finding links to
+its record instead of repeating them, so the page grows linearly with the input. Every cut
+is counted and stated on the page.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import heapq
 import json
 import math
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from analyzer.report.jsonout import SEVERITY_ORDER, iso_ns
-
-if TYPE_CHECKING:
-    import pandas as pd  # type: ignore[import-untyped, unused-ignore]
+from analyzer.report.jsonout import BIG_ARRAYS, SEVERITY_ORDER, finding_keys, iso_ns, record_keys
 
 #: finding rows listed in the HTML page (the most severe first); report.json has all of them
 MAX_FINDING_ROWS = 1000
 #: forwarding-command rows listed in the HTML page
 MAX_RECORD_ROWS = 2000
+#: decoded parameters (and forward variables) shown per listed command; report.json has all of them
+MAX_PARAMS_SHOWN = 100
+#: reply lines shown per listed command
+MAX_REPLY_LINES = 20
 #: flow rows listed in the HTML page
 MAX_FLOW_ROWS = 2000
 #: hop chains drawn as pictures
@@ -178,10 +184,14 @@ def hexdump(hexstr: str) -> tuple[str, ...]:
     lines = []
     for off in range(0, len(data), HEX_WIDTH):
         chunk = data[off : off + HEX_WIDTH]
-        hx = " ".join(f"{b:02x}" for b in chunk)
-        asc = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in chunk)
+        hx = chunk.hex(" ")
+        asc = chunk.translate(_ASCII_SHOWN).decode("ascii")
         lines.append(f"{off:04x}  {hx:<{HEX_WIDTH * 3 - 1}}  {asc}")
     return tuple(lines)
+
+
+#: byte -> itself when printable ASCII, else ``.`` (the hex dump's text column)
+_ASCII_SHOWN = bytes(b if 0x20 <= b < 0x7F else 0x2E for b in range(256))
 
 
 def _seconds(ns: int) -> str:
@@ -277,7 +287,7 @@ class ReportSummary:
 
 @dataclass(frozen=True, slots=True)
 class FindingRow:
-    """One finding as listed, with its evidence panel."""
+    """One finding as listed, with its evidence panel (only what the finding owns: bounded)."""
 
     index: int  #: position in report.json ``findings``
     severity: str
@@ -297,19 +307,16 @@ class FindingRow:
     ts_ns: int  #: sort key (0 when unknown)
     stream: str  #: ``to_server 0-231``
     community_id: str
-    excerpt: str  #: evidence bytes as text (``\\xNN`` for non-UTF-8)
+    excerpt: str  #: evidence bytes as text (``\\xNN`` for non-UTF-8), clipped
     hexdump: tuple[str, ...]
     facts: tuple[tuple[str, str], ...]
-    command: str  #: the forwarding command as sent (when the evidence is a record and differs from excerpt)
-    params: tuple[tuple[str, str], ...]  #: decoded parameters of that command
-    forward: tuple[tuple[str, str], ...]  #: decoded forward variables (x-forward-*, FORWARD=, XRCPTFORWARD)
-    reply: tuple[str, ...]  #: the server's reply, one line each (code first)
-    reply_frames: str
+    record: int | None  #: the forwarding command the evidence is (report.json ``records`` index)
+    record_listed: bool  #: that command is listed on the page (the finding links to it)
 
 
 @dataclass(frozen=True, slots=True)
 class RecordRow:
-    """One forwarding command as listed."""
+    """One forwarding command as listed, with its details (shown once here; findings link to it)."""
 
     index: int
     capture: int
@@ -331,6 +338,13 @@ class RecordRow:
     reply: str
     accepted: str
     problems: str
+    command: str  #: the command as sent (clipped)
+    params: tuple[tuple[str, str], ...]  #: decoded parameters, at most MAX_PARAMS_SHOWN
+    params_total: int  #: how many parameters the command had
+    forward_vars: tuple[tuple[str, str], ...]  #: decoded forward variables, at most MAX_PARAMS_SHOWN
+    forward_total: int  #: how many forward variables the command had
+    reply_lines: tuple[str, ...]  #: the server's reply, one line each (code first), at most MAX_REPLY_LINES
+    reply_frames: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -455,15 +469,20 @@ class ReportData:
 
 
 @dataclass(frozen=True, slots=True)
-class ReportFrames:
-    """The flat tables (one row per finding / record / flow) behind the CSV files and the crosstabs."""
+class Digest:
+    """What needs every record and finding, counted from their light keys before the one pass."""
 
-    findings: pd.DataFrame
-    records: pd.DataFrame
-    flows: pd.DataFrame
+    records_by_flow: dict[int, int]
+    forwarding_by_flow: dict[int, int]
+    findings_by_flow: dict[int, int]
+    worst_by_flow: dict[int, str]  #: worst finding severity per flow
+    carriers: CountTable  #: forwarding commands: protocol x carrier
+    rules: CountTable  #: findings: rule x severity
+    shown_findings: tuple[int, ...]  #: finding indices the page lists, most severe first
+    timeline: Timeline
 
 
-# ---------------------------------------------------------------------------- DataFrames
+# ---------------------------------------------------------------------------- table rows (CSV)
 
 FINDING_COLUMNS = (
     "index", "severity", "rule", "spec", "title", "message", "capture", "capture_file", "flow", "flows",
@@ -493,95 +512,112 @@ def _join(values: Iterable[object]) -> str:
 
 def _dump(value: object) -> str:
     """A nested value as compact JSON text (one cell)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _CELL_ENCODER.encode(value)
+
+
+#: one encoder for every nested cell (``json.dumps`` with options builds a new one per call)
+_CELL_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def _ep_part(ep: Mapping[str, Any] | None, key: str) -> Any:
     return None if not ep else ep.get(key)
 
 
-def build_frames(doc: Mapping[str, Any]) -> ReportFrames:
-    """One flat DataFrame per table of the report (columns: ``*_COLUMNS``)."""
-    import pandas as pd  # type: ignore[import-untyped, unused-ignore]
-
-    captures = doc["captures"]
-    frows = []
-    for i, f in enumerate(doc["findings"]):
-        st = f["stream"] or {}
-        frows.append((
-            i, f["severity"], f["rule"], f["spec"], f["title"], f["message"], f["capture"], f["capture_file"],
-            f["flow"], _join(f["flows"]), f["protocol"], f["community_id"], _join(f["frames"]),
-            f["wireshark_filter"], f["ts"], f["ts_ns"], st.get("direction"), st.get("start"), st.get("end"),
-            f["record"], f["excerpt"], f["excerpt_hex"], _dump(f["facts"]),
-        ))
-    rrows = []
-    for i, r in enumerate(doc["records"]):
-        reply = r["reply"] or {}
-        rrows.append((
-            i, r["capture"], r["flow"], r["protocol"], r["carrier"], r["verb"], r["tag"], r["command_seq"],
-            r["forwarding"], _ep_part(r["sender"], "ip"), _ep_part(r["sender"], "port"),
-            _ep_part(r["receiver"], "ip"), _ep_part(r["receiver"], "port"), _join(r["frames"]), r["ts"], r["ts_ns"],
-            r["stream"]["start"], r["stream"]["end"], r["line_len"],
-            _ep_part(r["forwarded_client"], "ip"), _ep_part(r["forwarded_client"], "port"),
-            _ep_part(r["forwarded_server"], "ip"), _ep_part(r["forwarded_server"], "port"),
-            r["ttl"], r["ttl_raw"], r["session_id"], _dump(r["params"]), _dump(r["forward"]), r["forward_origin"],
-            r["address"], reply.get("code"), reply.get("text"), _join(reply.get("frames", ())), r["accepted"],
-            r["trusted"], _dump(r["problems"]), r["excerpt"],
-        ))
-    # dtype=object keeps the values as they are in the document (None stays None, ints stay ints)
-    findings = pd.DataFrame(frows, columns=list(FINDING_COLUMNS), dtype=object)
-    records = pd.DataFrame(rrows, columns=list(RECORD_COLUMNS), dtype=object)
-    # per-flow counts (pandas groupby), joined onto the flow rows through plain dicts (fast per-row lookups)
-    rec_count: dict[int, int] = {}
-    fwd_count: dict[int, int] = {}
-    find_count: dict[int, int] = {}
-    worst_rank: dict[int, int] = {}
-    if len(records):
-        rec_count = {int(k): int(v) for k, v in records.groupby("flow").size().items()}
-        fwd = records[records["forwarding"] == True]  # noqa: E712  (object column: compare, not truth-test)
-        fwd_count = {int(k): int(v) for k, v in fwd.groupby("flow").size().items()}
-    with_flow = findings[findings["flow"].notna()] if len(findings) else findings
-    if len(with_flow):
-        ranked = with_flow.assign(rank=with_flow["severity"].map(SEVERITY_RANK).fillna(0))
-        find_count = {int(k): int(v) for k, v in ranked.groupby("flow").size().items()}
-        worst_rank = {int(k): int(v) for k, v in ranked.groupby("flow")["rank"].max().items()}
-    label_of_rank = {v: k for k, v in SEVERITY_RANK.items()}
-    wrows = []
-    for f in doc["flows"]:
-        fid = f["id"]
-        cap = f["capture"]
-        path = captures[cap]["path"] if 0 <= cap < len(captures) else None
-        gts, gtc = f["gaps"]["to_server"], f["gaps"]["to_client"]
-        drs, drc = f["dropped"]["to_server"], f["dropped"]["to_client"]
-        cl, sv = f["client"], f["server"]
-        wrows.append((
-            fid, cap, path, f["community_id"], f["protocol"], f["detected_by"], cl["ip"], cl["port"], sv["ip"],
-            sv["port"], f["tls"], f["saw_syn"], f["first_frame"], f["last_frame"], f["first_ts"], f["last_ts"],
-            f["first_ts_ns"], f["last_ts_ns"], f["packets"]["to_server"], f["packets"]["to_client"],
-            f["bytes"]["to_server"], f["bytes"]["to_client"], gts["count"], gts["bytes"], gtc["count"], gtc["bytes"],
-            f["retransmitted_bytes"], f["overlap_conflicts"],
-            drs["out_of_window_segments"] + drc["out_of_window_segments"], drs["late_bytes"] + drc["late_bytes"],
-            drs["after_fin_bytes"] + drc["after_fin_bytes"], f["ended"], rec_count.get(fid, 0),
-            fwd_count.get(fid, 0), find_count.get(fid, 0), label_of_rank.get(worst_rank.get(fid, 0)),
-        ))
-    flows = pd.DataFrame(wrows, columns=list(FLOW_COLUMNS), dtype=object)
-    return ReportFrames(findings=findings, records=records, flows=flows)
+def finding_row(i: int, f: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The ``findings.csv`` row (:data:`FINDING_COLUMNS`) of report.json finding ``i``."""
+    st = f["stream"] or {}
+    return (
+        i, f["severity"], f["rule"], f["spec"], f["title"], f["message"], f["capture"], f["capture_file"],
+        f["flow"], _join(f["flows"]), f["protocol"], f["community_id"], _join(f["frames"]),
+        f["wireshark_filter"], f["ts"], f["ts_ns"], st.get("direction"), st.get("start"), st.get("end"),
+        f["record"], f["excerpt"], f["excerpt_hex"], _dump(f["facts"]),
+    )
 
 
-def _crosstab(df: pd.DataFrame, row: str, col: str, columns: Sequence[str] | None = None) -> CountTable:
-    """Counts of ``row`` x ``col`` with totals; ``columns`` fixes the column order (and keeps empty ones)."""
-    if not len(df):
+def record_row(i: int, r: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The ``records.csv`` row (:data:`RECORD_COLUMNS`) of report.json record ``i``."""
+    reply = r["reply"] or {}
+    return (
+        i, r["capture"], r["flow"], r["protocol"], r["carrier"], r["verb"], r["tag"], r["command_seq"],
+        r["forwarding"], _ep_part(r["sender"], "ip"), _ep_part(r["sender"], "port"),
+        _ep_part(r["receiver"], "ip"), _ep_part(r["receiver"], "port"), _join(r["frames"]), r["ts"], r["ts_ns"],
+        r["stream"]["start"], r["stream"]["end"], r["line_len"],
+        _ep_part(r["forwarded_client"], "ip"), _ep_part(r["forwarded_client"], "port"),
+        _ep_part(r["forwarded_server"], "ip"), _ep_part(r["forwarded_server"], "port"),
+        r["ttl"], r["ttl_raw"], r["session_id"], _dump(r["params"]), _dump(r["forward"]), r["forward_origin"],
+        r["address"], reply.get("code"), reply.get("text"), _join(reply.get("frames", ())), r["accepted"],
+        r["trusted"], _dump(r["problems"]), r["excerpt"],
+    )
+
+
+def flow_row(f: Mapping[str, Any], digest: Digest, captures: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
+    """The ``flows.csv`` row (:data:`FLOW_COLUMNS`) of a report.json flow (counts from the digest)."""
+    fid = f["id"]
+    cap = f["capture"]
+    path = captures[cap]["path"] if 0 <= cap < len(captures) else None
+    gts, gtc = f["gaps"]["to_server"], f["gaps"]["to_client"]
+    drs, drc = f["dropped"]["to_server"], f["dropped"]["to_client"]
+    cl, sv = f["client"], f["server"]
+    return (
+        fid, cap, path, f["community_id"], f["protocol"], f["detected_by"], cl["ip"], cl["port"], sv["ip"],
+        sv["port"], f["tls"], f["saw_syn"], f["first_frame"], f["last_frame"], f["first_ts"], f["last_ts"],
+        f["first_ts_ns"], f["last_ts_ns"], f["packets"]["to_server"], f["packets"]["to_client"],
+        f["bytes"]["to_server"], f["bytes"]["to_client"], gts["count"], gts["bytes"], gtc["count"], gtc["bytes"],
+        f["retransmitted_bytes"], f["overlap_conflicts"],
+        drs["out_of_window_segments"] + drc["out_of_window_segments"], drs["late_bytes"] + drc["late_bytes"],
+        drs["after_fin_bytes"] + drc["after_fin_bytes"], f["ended"], digest.records_by_flow.get(fid, 0),
+        digest.forwarding_by_flow.get(fid, 0), digest.findings_by_flow.get(fid, 0), digest.worst_by_flow.get(fid),
+    )
+
+
+def _crosstab(counts: Counter[tuple[str, str]], columns: Sequence[str] | None = None) -> CountTable:
+    """Counts of (row, column) pairs with row totals; ``columns`` fixes the column order (and keeps empty ones)."""
+    per_row: dict[str, dict[str, int]] = {}
+    for (label, column), n in counts.items():
+        per_row.setdefault(label, {})[column] = n
+    if not per_row:
         return CountTable(tuple(columns or ()), ())
-    keys = df[[row, col]].fillna("-").astype(str)
-    sizes = keys.groupby([row, col], sort=True).size()  # a Series indexed by (row, col)
-    counts: dict[str, dict[str, int]] = {}
-    for (label, column), n in sizes.items():
-        counts.setdefault(str(label), {})[str(column)] = int(n)
-    cols = list(columns) if columns is not None else sorted({c for per in counts.values() for c in per})
+    cols = list(columns) if columns is not None else sorted({c for per in per_row.values() for c in per})
     rows = tuple(
-        (label, tuple(per.get(c, 0) for c in cols), sum(per.values())) for label, per in sorted(counts.items())
+        (label, tuple(per.get(c, 0) for c in cols), sum(per.values())) for label, per in sorted(per_row.items())
     )
     return CountTable(tuple(cols), rows)
+
+
+def digest(doc: Mapping[str, Any]) -> Digest:
+    """Per-flow counts, crosstabs, the listed findings and the timeline, from the light keys of every item."""
+    rec_count: Counter[int] = Counter()
+    fwd_count: Counter[int] = Counter()
+    carriers: Counter[tuple[str, str]] = Counter()
+    for flow, protocol, carrier, forwarding, _ts in record_keys(doc):
+        rec_count[flow] += 1
+        if forwarding:
+            fwd_count[flow] += 1
+            carriers[(str(protocol) if protocol is not None else "-", str(carrier) if carrier is not None else "-")] += 1
+    find_count: Counter[int] = Counter()
+    worst_rank: dict[int, int] = {}
+    rules: Counter[tuple[str, str]] = Counter()
+    order: list[tuple[int, int]] = []  # (-rank, index) of the most severe findings: a bounded heap
+    for i, (fflow, severity, rule, _ts, _rec) in enumerate(finding_keys(doc)):
+        rank = SEVERITY_RANK.get(severity, 0)
+        rules[(rule if rule is not None else "-", severity)] += 1
+        if fflow is not None:
+            find_count[fflow] += 1
+            if rank > worst_rank.get(fflow, 0):
+                worst_rank[fflow] = rank
+        key = (rank, -i)
+        if len(order) < MAX_FINDING_ROWS:
+            heapq.heappush(order, key)
+        elif key > order[0]:
+            heapq.heapreplace(order, key)
+    label_of_rank = {v: k for k, v in SEVERITY_RANK.items()}
+    shown = tuple(-i for _rank, i in sorted(order, reverse=True))
+    return Digest(
+        records_by_flow=dict(rec_count), forwarding_by_flow=dict(fwd_count), findings_by_flow=dict(find_count),
+        worst_by_flow={k: label_of_rank[v] for k, v in worst_rank.items()},
+        carriers=_crosstab(carriers), rules=_crosstab(rules, SEVERITY_ORDER), shown_findings=shown,
+        timeline=_timeline(doc),
+    )
 
 
 # ---------------------------------------------------------------------------- HTML view model
@@ -604,9 +640,9 @@ def _captures(doc: Mapping[str, Any]) -> tuple[CaptureRow, ...]:
     return tuple(rows)
 
 
-def _coverage(doc: Mapping[str, Any]) -> tuple[tuple[CoverageItem, ...], tuple[CoverageFlow, ...], int]:
+def _coverage_items(doc: Mapping[str, Any]) -> tuple[CoverageItem, ...]:
     cov = doc["summary"]["coverage"]
-    items = (
+    return (
         CoverageItem("TLS from the first byte", cov["tls_implicit_flows"],
                      "encrypted flows: forwarding inside them cannot be seen"),
         CoverageItem("STARTTLS", cov["starttls_flows"], "flows that switched to TLS: later commands cannot be seen"),
@@ -622,40 +658,34 @@ def _coverage(doc: Mapping[str, Any]) -> tuple[tuple[CoverageItem, ...], tuple[C
         CoverageItem("decode issues", cov["decode_issues"], "frames that could not be decoded completely"),
         CoverageItem("unusable captures", cov["unusable_captures"], "files that could not be read at all"),
     )
-    flows: list[CoverageFlow] = []
-    total = 0
-    for f in doc["flows"]:
-        reasons = []
-        if f["tls"] == "implicit":
-            reasons.append("TLS")
-        elif f["tls"] == "starttls":
-            reasons.append("STARTTLS")
-        gaps = f["gaps"]["to_server"]["count"] + f["gaps"]["to_client"]["count"]
-        if gaps:
-            gap_bytes = f["gaps"]["to_server"]["bytes"] + f["gaps"]["to_client"]["bytes"]
-            reasons.append(f"{gaps} gap(s), {gap_bytes} bytes missing")
-        dropped = {k: f["dropped"]["to_server"][k] + f["dropped"]["to_client"][k]
-                   for k in ("out_of_window_segments", "late_bytes", "after_fin_bytes")}
-        if any(dropped.values()):
-            reasons.append(f"dropped: {dropped['out_of_window_segments']} out-of-window segment(s), "
-                           f"{dropped['late_bytes']} late and {dropped['after_fin_bytes']} after-FIN bytes")
-        if not reasons:
-            continue
-        total += 1
-        if len(flows) < MAX_COVERAGE_FLOWS:
-            flows.append(CoverageFlow(f["id"], f["protocol"] or "tcp", endpoint_text(f["client"]),
-                                      endpoint_text(f["server"]), "; ".join(reasons)))
-    return items, tuple(flows), total - len(flows)
 
 
-def _summary(doc: Mapping[str, Any], frames: ReportFrames) -> ReportSummary:
+def _coverage_reasons(f: Mapping[str, Any]) -> list[str]:
+    """Why forwarding on this flow may not have been seen completely (empty: nothing hid it)."""
+    reasons = []
+    if f["tls"] == "implicit":
+        reasons.append("TLS")
+    elif f["tls"] == "starttls":
+        reasons.append("STARTTLS")
+    gaps = f["gaps"]["to_server"]["count"] + f["gaps"]["to_client"]["count"]
+    if gaps:
+        gap_bytes = f["gaps"]["to_server"]["bytes"] + f["gaps"]["to_client"]["bytes"]
+        reasons.append(f"{gaps} gap(s), {gap_bytes} bytes missing")
+    dropped = {k: f["dropped"]["to_server"][k] + f["dropped"]["to_client"][k]
+               for k in ("out_of_window_segments", "late_bytes", "after_fin_bytes")}
+    if any(dropped.values()):
+        reasons.append(f"dropped: {dropped['out_of_window_segments']} out-of-window segment(s), "
+                       f"{dropped['late_bytes']} late and {dropped['after_fin_bytes']} after-FIN bytes")
+    return reasons
+
+
+def _summary(doc: Mapping[str, Any], dg: Digest, coverage_flows: tuple[CoverageFlow, ...],
+             omitted: int) -> ReportSummary:
     s = doc["summary"]
     span = s["time_span"]
     duration = None
     if span["first_ts_ns"] is not None and span["last_ts_ns"] is not None:
         duration = _seconds(span["last_ts_ns"] - span["first_ts_ns"])
-    fwd = frames.records[frames.records["forwarding"] == True] if len(frames.records) else frames.records  # noqa: E712
-    coverage, coverage_flows, omitted = _coverage(doc)
     return ReportSummary(
         tool_version=str(doc["tool"]["version"]), format_version=int(doc["format_version"]),
         generated_at=doc.get("generated_at"), first_ts=span["first_ts"], last_ts=span["last_ts"], duration=duration,
@@ -664,9 +694,8 @@ def _summary(doc: Mapping[str, Any], frames: ReportFrames) -> ReportSummary:
         chains=s["chains"],
         findings_by_severity=tuple((k, int(v)) for k, v in s["findings_by_severity"].items()),
         flows_by_protocol=tuple((k, int(v)) for k, v in s["flows_by_protocol"].items()),
-        carriers=_crosstab(fwd, "protocol", "carrier"),
-        rules=_crosstab(frames.findings, "rule", "severity", SEVERITY_ORDER),
-        coverage=coverage, coverage_flows=coverage_flows, coverage_flows_omitted=omitted,
+        carriers=dg.carriers, rules=dg.rules,
+        coverage=_coverage_items(doc), coverage_flows=coverage_flows, coverage_flows_omitted=omitted,
     )
 
 
@@ -675,65 +704,51 @@ def _pairs_text(pairs: Iterable[Sequence[Any]], limit: int = EVIDENCE_CHARS) -> 
                  for n, v in pairs)
 
 
-def _finding_rows(doc: Mapping[str, Any]) -> tuple[tuple[FindingRow, ...], int]:
-    findings = doc["findings"]
-    order = sorted(range(len(findings)), key=lambda i: (-SEVERITY_RANK.get(findings[i]["severity"], 0), i))
-    shown = order[:MAX_FINDING_ROWS]
-    records = doc["records"]
-    rows = []
-    for i in shown:
-        f = findings[i]
-        rec = records[f["record"]] if f["record"] is not None and 0 <= f["record"] < len(records) else None
-        command = ""
-        params: tuple[tuple[str, str], ...] = ()
-        forward: tuple[tuple[str, str], ...] = ()
-        reply: tuple[str, ...] = ()
-        reply_frames = ""
-        if rec is not None:
-            if rec["excerpt_hex"] != f["excerpt_hex"]:
-                command = clip(from_hex(rec["excerpt_hex"]), EVIDENCE_CHARS)
-            params = _pairs_text(original_pairs(rec, "params"))
-            forward = _pairs_text(original_pairs(rec, "forward"))
-            if rec["reply"] is not None:
-                rp = rec["reply"]
-                text_lines = str(original(rp, "text") or "").split("\n")
-                reply = tuple(clip(line, EVIDENCE_CHARS) for line in [f"{rp['code']} {text_lines[0]}",
-                                                                      *text_lines[1:20]])
-                reply_frames = frames_text(rp["frames"])
-        st = f["stream"]
-        rows.append(FindingRow(
-            index=i, severity=f["severity"], severity_rank=SEVERITY_RANK.get(f["severity"], 0), rule=f["rule"] or "",
-            spec=f["spec"] or "", title=f["title"] or "", message=clip(original(f, "message"), EVIDENCE_CHARS),
-            protocol=f["protocol"] or "", flow=f["flow"], flows=", ".join(str(x) for x in f["flows"]),
-            capture=f["capture"], capture_file=f["capture_file"] or "", frames=frames_text(f["frames"]),
-            wireshark_filter=f["wireshark_filter"] or "", ts=f["ts"] or "", ts_ns=f["ts_ns"] or 0,
-            stream="" if st is None else f"{st['direction']} bytes {st['start']}\u2013{st['end']}",
-            community_id=f["community_id"] or "", excerpt=from_hex(f["excerpt_hex"]), hexdump=hexdump(f["excerpt_hex"]),
-            facts=tuple((k, clip(original({"v": v, "v_b64": f.get("facts_b64", {}).get(k)}, "v"), EVIDENCE_CHARS))
-                        for k, v in f["facts"].items()),
-            command=command, params=params, forward=forward, reply=reply, reply_frames=reply_frames,
-        ))
-    return tuple(rows), len(findings) - len(rows)
+def _finding_row(i: int, f: Mapping[str, Any], record_listed: bool) -> FindingRow:
+    st = f["stream"]
+    facts_b64 = f.get("facts_b64", {})
+    return FindingRow(
+        index=i, severity=f["severity"], severity_rank=SEVERITY_RANK.get(f["severity"], 0), rule=f["rule"] or "",
+        spec=f["spec"] or "", title=f["title"] or "", message=clip(original(f, "message"), EVIDENCE_CHARS),
+        protocol=f["protocol"] or "", flow=f["flow"], flows=", ".join(str(x) for x in f["flows"]),
+        capture=f["capture"], capture_file=f["capture_file"] or "", frames=frames_text(f["frames"]),
+        wireshark_filter=f["wireshark_filter"] or "", ts=f["ts"] or "", ts_ns=f["ts_ns"] or 0,
+        stream="" if st is None else f"{st['direction']} bytes {st['start']}\u2013{st['end']}",
+        community_id=f["community_id"] or "", excerpt=clip(from_hex(f["excerpt_hex"]), EVIDENCE_CHARS),
+        hexdump=hexdump(f["excerpt_hex"]),
+        facts=tuple((k, clip(original({"v": v, "v_b64": facts_b64.get(k)}, "v"), EVIDENCE_CHARS))
+                    for k, v in f["facts"].items()),
+        record=f["record"], record_listed=record_listed,
+    )
 
 
-def _record_rows(doc: Mapping[str, Any]) -> tuple[tuple[RecordRow, ...], int]:
-    records = doc["records"]
-    rows = []
-    for i, r in enumerate(records[:MAX_RECORD_ROWS]):
-        reply = r["reply"]
-        fwd = "; ".join(f"{n}={v}" if n is not None else str(v) for n, v in original_pairs(r, "forward"))
-        rows.append(RecordRow(
-            index=i, capture=r["capture"], flow=r["flow"], protocol=r["protocol"], carrier=r["carrier"],
-            verb=r["verb"], sender=endpoint_text(r["sender"]), receiver=endpoint_text(r["receiver"]),
-            frames=frames_text(r["frames"]), ts=r["ts"] or "", ts_ns=r["ts_ns"] or 0, forwarding=bool(r["forwarding"]),
-            forwarded_client=clip(endpoint_text(r["forwarded_client"]) or _raw_ep(r["forwarded_client_raw"])),
-            forwarded_server=clip(endpoint_text(r["forwarded_server"]) or _raw_ep(r["forwarded_server_raw"])),
-            ttl=clip(original(r, "ttl_raw") if r["ttl"] is None else str(r["ttl"])),
-            session_id=clip(original(r, "session_id")), forward=clip(fwd),
-            reply="" if reply is None else clip(f"{original(reply, 'code')} {original(reply, 'text')}"),
-            accepted={True: "yes", False: "no", None: ""}[r["accepted"]], problems=clip("; ".join(r["problems"])),
-        ))
-    return tuple(rows), len(records) - len(rows)
+def _record_row(i: int, r: Mapping[str, Any]) -> RecordRow:
+    reply = r["reply"]
+    forward = original_pairs(r, "forward")
+    fwd = "; ".join(f"{n}={v}" if n is not None else str(v) for n, v in forward)
+    params = original_pairs(r, "params")
+    reply_lines: tuple[str, ...] = ()
+    reply_frames = ""
+    if reply is not None:
+        text_lines = str(original(reply, "text") or "").split("\n")
+        reply_lines = tuple(clip(line, EVIDENCE_CHARS) for line in [f"{original(reply, 'code')} {text_lines[0]}",
+                                                                    *text_lines[1:MAX_REPLY_LINES]])
+        reply_frames = frames_text(reply["frames"])
+    return RecordRow(
+        index=i, capture=r["capture"], flow=r["flow"], protocol=r["protocol"], carrier=r["carrier"],
+        verb=r["verb"], sender=endpoint_text(r["sender"]), receiver=endpoint_text(r["receiver"]),
+        frames=frames_text(r["frames"]), ts=r["ts"] or "", ts_ns=r["ts_ns"] or 0, forwarding=bool(r["forwarding"]),
+        forwarded_client=clip(endpoint_text(r["forwarded_client"]) or _raw_ep(r["forwarded_client_raw"])),
+        forwarded_server=clip(endpoint_text(r["forwarded_server"]) or _raw_ep(r["forwarded_server_raw"])),
+        ttl=clip(original(r, "ttl_raw") if r["ttl"] is None else str(r["ttl"])),
+        session_id=clip(original(r, "session_id")), forward=clip(fwd),
+        reply="" if reply is None else clip(f"{original(reply, 'code')} {original(reply, 'text')}"),
+        accepted={True: "yes", False: "no", None: ""}[r["accepted"]], problems=clip("; ".join(r["problems"])),
+        command=clip(from_hex(r["excerpt_hex"]), EVIDENCE_CHARS),
+        params=_pairs_text(params[:MAX_PARAMS_SHOWN]), params_total=len(params),
+        forward_vars=_pairs_text(forward[:MAX_PARAMS_SHOWN]), forward_total=len(forward),
+        reply_lines=reply_lines, reply_frames=reply_frames,
+    )
 
 
 def _raw_ep(raw: Mapping[str, Any]) -> str:
@@ -743,23 +758,19 @@ def _raw_ep(raw: Mapping[str, Any]) -> str:
     return f"{ip or '?'} port {port or '?'}"
 
 
-def _flow_rows(frames: ReportFrames) -> tuple[tuple[FlowRow, ...], int]:
-    df = frames.flows
-    rows = []
-    for t in df.head(MAX_FLOW_ROWS).itertuples(index=False):
-        gaps = int(t.gaps_to_server) + int(t.gaps_to_client)
-        rows.append(FlowRow(
-            id=int(t.id), capture=int(t.capture), protocol=t.protocol or "tcp",
-            client=endpoint_text({"ip": t.client_ip, "port": t.client_port}),
-            server=endpoint_text({"ip": t.server_ip, "port": t.server_port}), community_id=t.community_id,
-            frames=f"{t.first_frame}\u2013{t.last_frame}", first_ts=t.first_ts or "",
-            first_ts_ns=int(t.first_ts_ns),
-            packets=f"{t.packets_to_server} / {t.packets_to_client}",
-            bytes=f"{t.bytes_to_server} / {t.bytes_to_client}",
-            gaps=gaps, tls=t.tls or "", ended=t.ended, records=int(t.records), findings=int(t.findings),
-            worst=t.worst_severity or "",
-        ))
-    return tuple(rows), len(df) - len(rows)
+def _flow_view_row(f: Mapping[str, Any], dg: Digest) -> FlowRow:
+    fid = f["id"]
+    gaps = f["gaps"]["to_server"]["count"] + f["gaps"]["to_client"]["count"]
+    return FlowRow(
+        id=int(fid), capture=int(f["capture"]), protocol=f["protocol"] or "tcp",
+        client=endpoint_text(f["client"]), server=endpoint_text(f["server"]), community_id=f["community_id"],
+        frames=f"{f['first_frame']}\u2013{f['last_frame']}", first_ts=f["first_ts"] or "",
+        first_ts_ns=int(f["first_ts_ns"]),
+        packets=f"{f['packets']['to_server']} / {f['packets']['to_client']}",
+        bytes=f"{f['bytes']['to_server']} / {f['bytes']['to_client']}",
+        gaps=int(gaps), tls=f["tls"] or "", ended=f["ended"], records=dg.records_by_flow.get(fid, 0),
+        findings=dg.findings_by_flow.get(fid, 0), worst=dg.worst_by_flow.get(fid, ""),
+    )
 
 
 # chain picture geometry (SVG user units)
@@ -770,71 +781,56 @@ CHAIN_PAD = 10
 CHAIN_H = 150  #: picture height: labels above and below the arrows
 
 
-def _worst_by_flow(doc: Mapping[str, Any]) -> dict[int, str]:
-    worst: dict[int, str] = {}
-    for f in doc["findings"]:
-        fl = f["flow"]
-        if fl is None:
-            continue
-        if SEVERITY_RANK.get(f["severity"], 0) > SEVERITY_RANK.get(worst.get(fl, ""), 0):
-            worst[fl] = f["severity"]
-    return worst
-
-
-def _chain_views(doc: Mapping[str, Any]) -> tuple[tuple[ChainView, ...], int]:
-    worst = _worst_by_flow(doc)
-    views = []
-    drawable = [c for c in doc["chains"] if c["hops"]]
-    for c in drawable[:MAX_CHAINS_DRAWN]:
-        hops = c["hops"]
-        hosts: list[tuple[Mapping[str, Any] | None, str, bool]] = []  # (endpoint, role, dashed)
-        first = hops[0]
-        if first["record_index"] != -1 and c["client"] is not None:
-            hosts.append((c["client"], "claimed client", True))  # the end client's connection was not captured
-        hosts.append((first["sender"], "client" if first["record_index"] == -1 else "proxy", False))
-        for h in hops:
-            hosts.append((h["receiver"], "proxy", False))
-        hosts[-1] = (hosts[-1][0], "backend", False)
-        y = (CHAIN_H - NODE_H) // 2
-        nodes = []
-        for k, (ep, role, dashed) in enumerate(hosts):
-            ip = str(original(ep or {}, "ip") or "?")
-            port = (ep or {}).get("port")
-            nodes.append(ChainNode(x=CHAIN_PAD + k * (NODE_W + EDGE_W), y=y, w=NODE_W, h=NODE_H,
-                                   ip=clip(ip, 30), port="" if port is None else f"port {port}", role=role,
-                                   dashed=dashed))
-        edges = []
-        offset = len(hosts) - 1 - len(hops)  # 1 when a claimed-client box comes first
-        if offset:
-            edges.append(ChainEdge(x1=nodes[0].x + NODE_W, x2=nodes[1].x, y=y + NODE_H // 2, label="(not captured)",
-                                   lines=("named by the forwarding",), flow=None, severity="", offending=False))
-        for k, h in enumerate(hops):
-            a, b = nodes[offset + k], nodes[offset + k + 1]
-            lines = []
-            if h["forwarded_client"] is not None:
-                lines.append(clip("client " + endpoint_text(h["forwarded_client"]), 34))
-            if h["forwarded_server"] is not None:
-                lines.append(clip("server " + endpoint_text(h["forwarded_server"]), 34))
-            if h["ttl"] is not None:
-                lines.append(f"TTL {h['ttl']}")
-            if h["record_index"] == -1:
-                lines.append("no forwarding (end client)")
-            sev = worst.get(h["flow"], "")
-            label = " ".join(x for x in (h["protocol"], h["carrier"]) if x)
-            edges.append(ChainEdge(x1=a.x + NODE_W, x2=b.x, y=y + NODE_H // 2, label=f"flow {h['flow']}: {label}",
-                                   lines=tuple(lines), flow=h["flow"], severity=sev,
-                                   offending=sev in ("high", "medium", "low")))
-        width = nodes[-1].x + NODE_W + CHAIN_PAD
-        desc = " -> ".join(
-            f"{endpoint_text(ep) if ep else '?'} ({role})" for ep, role, _ in hosts
-        )
-        views.append(ChainView(
-            id=int(c["id"]), width=width, height=CHAIN_H, client=endpoint_text(c["client"]),
-            session_id=clip(original(c, "session_id")), linked_by=", ".join(c["linked_by"]), hops=len(hops),
-            nodes=tuple(nodes), edges=tuple(edges), offending=any(e.offending for e in edges),
-            description=clip(desc, 600),
-        ))
-    return tuple(views), len(drawable) - len(views)
+def _chain_view(c: Mapping[str, Any], worst: Mapping[int, str]) -> ChainView:
+    """One chain (with at least one hop) laid out as a picture."""
+    hops = c["hops"]
+    hosts: list[tuple[Mapping[str, Any] | None, str, bool]] = []  # (endpoint, role, dashed)
+    first = hops[0]
+    if first["record_index"] != -1 and c["client"] is not None:
+        hosts.append((c["client"], "claimed client", True))  # the end client's connection was not captured
+    hosts.append((first["sender"], "client" if first["record_index"] == -1 else "proxy", False))
+    for h in hops:
+        hosts.append((h["receiver"], "proxy", False))
+    hosts[-1] = (hosts[-1][0], "backend", False)
+    y = (CHAIN_H - NODE_H) // 2
+    nodes = []
+    for k, (ep, role, dashed) in enumerate(hosts):
+        ip = str(original(ep or {}, "ip") or "?")
+        port = (ep or {}).get("port")
+        nodes.append(ChainNode(x=CHAIN_PAD + k * (NODE_W + EDGE_W), y=y, w=NODE_W, h=NODE_H,
+                               ip=clip(ip, 30), port="" if port is None else f"port {port}", role=role,
+                               dashed=dashed))
+    edges = []
+    offset = len(hosts) - 1 - len(hops)  # 1 when a claimed-client box comes first
+    if offset:
+        edges.append(ChainEdge(x1=nodes[0].x + NODE_W, x2=nodes[1].x, y=y + NODE_H // 2, label="(not captured)",
+                               lines=("named by the forwarding",), flow=None, severity="", offending=False))
+    for k, h in enumerate(hops):
+        a, b = nodes[offset + k], nodes[offset + k + 1]
+        lines = []
+        if h["forwarded_client"] is not None:
+            lines.append(clip("client " + endpoint_text(h["forwarded_client"]), 34))
+        if h["forwarded_server"] is not None:
+            lines.append(clip("server " + endpoint_text(h["forwarded_server"]), 34))
+        if h["ttl"] is not None:
+            lines.append(f"TTL {h['ttl']}")
+        if h["record_index"] == -1:
+            lines.append("no forwarding (end client)")
+        sev = worst.get(h["flow"], "")
+        label = " ".join(x for x in (h["protocol"], h["carrier"]) if x)
+        edges.append(ChainEdge(x1=a.x + NODE_W, x2=b.x, y=y + NODE_H // 2, label=f"flow {h['flow']}: {label}",
+                               lines=tuple(lines), flow=h["flow"], severity=sev,
+                               offending=sev in ("high", "medium", "low")))
+    width = nodes[-1].x + NODE_W + CHAIN_PAD
+    desc = " -> ".join(
+        f"{endpoint_text(ep) if ep else '?'} ({role})" for ep, role, _ in hosts
+    )
+    return ChainView(
+        id=int(c["id"]), width=width, height=CHAIN_H, client=endpoint_text(c["client"]),
+        session_id=clip(original(c, "session_id")), linked_by=", ".join(c["linked_by"]), hops=len(hops),
+        nodes=tuple(nodes), edges=tuple(edges), offending=any(e.offending for e in edges),
+        description=clip(desc, 600),
+    )
 
 
 # timeline geometry (SVG user units)
@@ -845,54 +841,64 @@ TL_TOP = 14
 TL_LANE = 26
 
 
+def _events(doc: Mapping[str, Any]) -> Iterable[tuple[str, str, int]]:
+    """(lane, kind, ts_ns) of every forwarding command and finding with a time, from the light keys."""
+    for _flow, protocol, carrier, forwarding, ts in record_keys(doc):
+        if forwarding and ts is not None:
+            yield f"{protocol} {carrier}", "record", ts
+    for _fflow, severity, _rule, fts, _rec in finding_keys(doc):
+        if fts is not None:
+            yield f"findings: {severity}", severity, fts
+
+
 def _timeline(doc: Mapping[str, Any]) -> Timeline:
-    events: list[tuple[str, str, int]] = []  # (lane, kind, ts_ns)
-    for r in doc["records"]:
-        if r["forwarding"] and r["ts_ns"] is not None:
-            events.append((f"{r['protocol']} {r['carrier']}", "record", r["ts_ns"]))
-    for f in doc["findings"]:
-        if f["ts_ns"] is not None:
-            events.append((f"findings: {f['severity']}", f["severity"], f["ts_ns"]))
+    """The timeline in two passes over the keys (time range, then bins): memory bounded by lanes x bins."""
     span = doc["summary"]["time_span"]
-    if not events:
+    t0: int | None = None
+    t1: int | None = None
+    lane_kind: dict[str, str] = {}
+    for lane, kind, ts in _events(doc):
+        t0 = ts if t0 is None or ts < t0 else t0
+        t1 = ts if t1 is None or ts > t1 else t1
+        lane_kind.setdefault(lane, kind)
+    if t0 is None or t1 is None:
         return Timeline(TL_WIDTH, 60, TL_LEFT, TL_RIGHT, (), (), (), span["first_ts"] or "", True)
-    t0 = min(e[2] for e in events)
-    t1 = max(e[2] for e in events)
-    if span["first_ts_ns"] is not None:
-        t0 = min(t0, span["first_ts_ns"])
-    if span["last_ts_ns"] is not None:
-        t1 = max(t1, span["last_ts_ns"])
-    width_ns = max(t1 - t0, 1)
-    record_lanes = sorted({e[0] for e in events if e[1] == "record"})
-    sev_lanes = [f"findings: {s}" for s in SEVERITY_ORDER if any(e[0] == f"findings: {s}" for e in events)]
+    start: int = t0 if span["first_ts_ns"] is None else min(t0, int(span["first_ts_ns"]))
+    stop: int = t1 if span["last_ts_ns"] is None else max(t1, int(span["last_ts_ns"]))
+    width_ns = max(stop - start, 1)
+    record_lanes = sorted(lane for lane, kind in lane_kind.items() if kind == "record")
+    sev_lanes = [f"findings: {s}" for s in SEVERITY_ORDER if f"findings: {s}" in lane_kind]
     lanes = record_lanes + sev_lanes
+    lane_pos = {name: k for k, name in enumerate(lanes)}
     lane_y = {name: TL_TOP + TL_LANE * k + TL_LANE / 2 for k, name in enumerate(lanes)}
     plot_w = TL_RIGHT - TL_LEFT
     bins: dict[tuple[str, int], list[int]] = {}
-    kinds: dict[str, str] = {}
-    for lane, kind, ts in events:
-        b = min(TIMELINE_BINS - 1, (ts - t0) * TIMELINE_BINS // width_ns)
-        cell = bins.setdefault((lane, b), [0, ts, ts])
-        cell[0] += 1
-        cell[1] = min(cell[1], ts)
-        cell[2] = max(cell[2], ts)
-        kinds[lane] = kind
+    for lane, _kind, ts in _events(doc):
+        b = min(TIMELINE_BINS - 1, (ts - start) * TIMELINE_BINS // width_ns)
+        cell = bins.get((lane, b))
+        if cell is None:
+            bins[(lane, b)] = [1, ts, ts]
+        else:
+            cell[0] += 1
+            cell[1] = min(cell[1], ts)
+            cell[2] = max(cell[2], ts)
     marks = []
-    for (lane, b), (n, lo, hi) in sorted(bins.items(), key=lambda kv: (lanes.index(kv[0][0]), kv[0][1])):
+    for (lane, b), (n, lo, hi) in sorted(bins.items(), key=lambda kv: (lane_pos.get(kv[0][0], 0), kv[0][1])):
         x = TL_LEFT + (b + 0.5) * plot_w / TIMELINE_BINS
         r = min(9.0, 3.0 + 1.5 * math.log2(n))
         when = iso_ns(lo) or "?"
         if hi != lo:
             when += f" \u2013 +{_seconds(hi - lo)}"
-        noun = "forwarding command" if kinds[lane] == "record" else "finding"
-        marks.append(TimelineMark(x=round(x, 1), y=lane_y[lane], r=round(r, 1), kind=kinds[lane],
+        kind = lane_kind[lane]
+        noun = "forwarding command" if kind == "record" else "finding"
+        marks.append(TimelineMark(x=round(x, 1), y=lane_y[lane], r=round(r, 1), kind=kind,
                                   title=f"{n} {noun}{'s' if n != 1 else ''} ({lane}) at {when}"))
     height = int(TL_TOP + TL_LANE * len(lanes) + 30)
     ticks = tuple(
         (round(TL_LEFT + plot_w * k / 5, 1), "+" + _seconds(width_ns * k // 5)) for k in range(6)
     )
     return Timeline(TL_WIDTH, height, TL_LEFT, TL_RIGHT, tuple((lane_y[n], n) for n in lanes), ticks,
-                    tuple(marks), iso_ns(t0) or "", False)
+                    tuple(marks), iso_ns(start) or "", False)
 
 
 def _filters(rows: Sequence[FindingRow]) -> FilterOptions:
@@ -903,17 +909,75 @@ def _filters(rows: Sequence[FindingRow]) -> FilterOptions:
     )
 
 
-def build_view(doc: Mapping[str, Any], frames: ReportFrames | None = None) -> ReportData:
-    """The HTML view model of a report document (``frames`` from :func:`build_frames`, built if not given)."""
-    if frames is None:
-        frames = build_frames(doc)
-    findings, findings_omitted = _finding_rows(doc)
-    records, records_omitted = _record_rows(doc)
-    flows, flows_omitted = _flow_rows(frames)
-    chains, chains_omitted = _chain_views(doc)
-    return ReportData(
-        summary=_summary(doc, frames), captures=_captures(doc), findings=findings,
-        findings_omitted=findings_omitted, filters=_filters(findings), records=records,
-        records_omitted=records_omitted, flows=flows, flows_omitted=flows_omitted, chains=chains,
-        chains_omitted=chains_omitted, timeline=_timeline(doc),
-    )
+class ViewBuilder:
+    """A :class:`analyzer.report.jsonout.Sink` that keeps only the rows the page lists (bounded)."""
+
+    def __init__(self, doc: Mapping[str, Any], dg: Digest | None = None) -> None:
+        self.doc = doc
+        self.digest = dg if dg is not None else digest(doc)
+        self.shown = {i: k for k, i in enumerate(self.digest.shown_findings)}  # index -> position on the page
+        self.findings: dict[int, FindingRow] = {}
+        self.records: list[RecordRow] = []
+        self.flows: list[FlowRow] = []
+        self.coverage_flows: list[CoverageFlow] = []
+        self.coverage_total = 0
+        self.chains: list[ChainView] = []
+        self.drawable = 0
+
+    def begin(self, section: str) -> None:
+        """Nothing to prepare."""
+
+    def item(self, section: str, index: int, item: dict[str, Any]) -> None:
+        """Keep the row of ``item`` when the page lists it; count it otherwise."""
+        if section == "flows":
+            if len(self.flows) < MAX_FLOW_ROWS:
+                self.flows.append(_flow_view_row(item, self.digest))
+            reasons = _coverage_reasons(item)
+            if reasons:
+                self.coverage_total += 1
+                if len(self.coverage_flows) < MAX_COVERAGE_FLOWS:
+                    self.coverage_flows.append(CoverageFlow(
+                        item["id"], item["protocol"] or "tcp", endpoint_text(item["client"]),
+                        endpoint_text(item["server"]), "; ".join(reasons)))
+        elif section == "records":
+            if index < MAX_RECORD_ROWS:
+                self.records.append(_record_row(index, item))
+        elif section == "findings":
+            if index in self.shown:
+                rec = item["record"]
+                listed = rec is not None and 0 <= rec < min(MAX_RECORD_ROWS, len(self.doc["records"]))
+                self.findings[index] = _finding_row(index, item, listed)
+        elif section == "chains" and item["hops"]:
+            self.drawable += 1
+            if len(self.chains) < MAX_CHAINS_DRAWN:
+                self.chains.append(_chain_view(item, self.digest.worst_by_flow))
+
+    def end(self, section: str) -> None:
+        """Nothing to close."""
+
+    def finish(self) -> None:
+        """Nothing to close."""
+
+    def view(self) -> ReportData:
+        """The view model of everything fed so far."""
+        findings = tuple(self.findings[i] for i in self.digest.shown_findings if i in self.findings)
+        n_findings = len(self.doc["findings"])
+        n_records = len(self.doc["records"])
+        n_flows = len(self.doc["flows"])
+        coverage_flows = tuple(self.coverage_flows)
+        return ReportData(
+            summary=_summary(self.doc, self.digest, coverage_flows, self.coverage_total - len(coverage_flows)),
+            captures=_captures(self.doc), findings=findings, findings_omitted=n_findings - len(findings),
+            filters=_filters(findings), records=tuple(self.records), records_omitted=n_records - len(self.records),
+            flows=tuple(self.flows), flows_omitted=n_flows - len(self.flows), chains=tuple(self.chains),
+            chains_omitted=self.drawable - len(self.chains), timeline=self.digest.timeline,
+        )
+
+
+def build_view(doc: Mapping[str, Any]) -> ReportData:
+    """The HTML view model of a report document (one pass over its arrays)."""
+    builder = ViewBuilder(doc)
+    for section in BIG_ARRAYS:
+        for i, item in enumerate(doc[section]):
+            builder.item(section, i, item)
+    return builder.view()

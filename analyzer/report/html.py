@@ -22,11 +22,11 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-from analyzer.report.data import ReportData, ReportFrames, build_view, visible, visible_parts
+from analyzer.report.data import ReportData, ViewBuilder, build_view, visible, visible_parts
 
 if TYPE_CHECKING:
     import jinja2
@@ -66,13 +66,11 @@ def content_security_policy(css: str, script: str) -> str:
 
 def _finalize(value: object) -> object:
     """Applied to every ``{{ ... }}``: invisible characters become escapes; None prints as nothing."""
-    import markupsafe
-
+    if type(value) is str:  # the common case first: every printed field
+        return visible(value)
     if value is None:
         return ""
-    if isinstance(value, markupsafe.Markup):
-        return value
-    if isinstance(value, str):
+    if isinstance(value, str) and not hasattr(value, "__html__"):  # other str subclasses; Markup is safe as is
         return visible(value)
     return value
 
@@ -82,8 +80,10 @@ def wire(value: object, breaks: bool = False) -> markupsafe.Markup:
     with ``breaks``, a line break follows each ``\\n`` escape."""
     import markupsafe
 
-    OPEN_ESC, CLOSE_ESC = markupsafe.Markup('<span class="esc">'), markupsafe.Markup("</span>")  # noqa: N806
     text = "" if value is None else str(value)
+    if text.isprintable():
+        return markupsafe.escape(text)  # the common case: nothing to mark
+    OPEN_ESC, CLOSE_ESC = markupsafe.Markup('<span class="esc">'), markupsafe.Markup("</span>")  # noqa: N806
     out = []
     for piece, is_escape in visible_parts(text):
         if is_escape:
@@ -93,6 +93,14 @@ def wire(value: object, breaks: bool = False) -> markupsafe.Markup:
         else:
             out.append(markupsafe.escape(piece))
     return markupsafe.Markup("").join(out)
+
+
+def lines(values: Sequence[object]) -> markupsafe.Markup:
+    """Text lines, each escaped (invisible characters as escapes), one per line: one template expression for a
+    whole block (a hex dump) instead of one per line."""
+    import markupsafe
+
+    return markupsafe.Markup("\n").join(markupsafe.escape(visible("" if v is None else str(v))) for v in values)
 
 
 @functools.lru_cache(maxsize=1)
@@ -110,19 +118,41 @@ def environment() -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["wire"] = wire
+    env.filters["lines"] = lines
     return env
 
 
-def render_html(doc: Mapping[str, Any], view: ReportData | None = None, frames: ReportFrames | None = None) -> str:
-    """Render a report document (see :func:`analyzer.report.jsonout.report_data`) as one HTML page."""
-    if view is None:
-        view = build_view(doc, frames)
+def render_view(view: ReportData, write: Callable[[str], object]) -> None:
+    """Render a view model as one HTML page and hand it to ``write``."""
     css, script = assets()
     import markupsafe
 
-    return environment().get_template(TEMPLATE).render(
+    # one string (the page is bounded: every list on it is capped); render() is much cheaper per piece than
+    # generate()
+    write(environment().get_template(TEMPLATE).render(
         v=view,
         csp=content_security_policy(css, script),
         css=markupsafe.Markup(css),
         script=markupsafe.Markup(script),
-    )
+    ))
+
+
+def render_html(doc: Mapping[str, Any], view: ReportData | None = None) -> str:
+    """Render a report document (see :func:`analyzer.report.jsonout.report_doc`) as one HTML page."""
+    if view is None:
+        view = build_view(doc)
+    out: list[str] = []
+    render_view(view, out.append)
+    return "".join(out)
+
+
+class HtmlSink(ViewBuilder):
+    """Collects the page's rows as the report's items are fed, renders the page when they are all in."""
+
+    def __init__(self, doc: Mapping[str, Any], write: Callable[[str], object], **kw: Any) -> None:
+        super().__init__(doc, **kw)
+        self.write = write
+
+    def finish(self) -> None:
+        """Render the page."""
+        render_view(self.view(), self.write)

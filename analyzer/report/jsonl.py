@@ -19,7 +19,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from analyzer.report.jsonout import utc_seconds
+from analyzer.report.jsonout import finding_keys, record_keys, utc_seconds
 
 EVENT_FINDING = "fwdaudit_finding"
 EVENT_RECORD = "fwdaudit_record"
@@ -88,15 +88,16 @@ def render_jsonl(doc: Mapping[str, Any]) -> str:
 
 
 def iter_jsonl(doc: Mapping[str, Any]) -> Iterator[str]:
-    """The lines of :func:`render_jsonl`, one at a time."""
-    keyed: list[tuple[int, int, int, dict[str, Any]]] = []
-    for i, f in enumerate(doc["findings"]):
-        keyed.append((f["ts_ns"] if f["ts_ns"] is not None else -1, 0, i, finding_event(doc, f)))
-    for i, r in enumerate(doc["records"]):
-        keyed.append((r["ts_ns"] if r["ts_ns"] is not None else -1, 1, i, record_event(doc, r)))
-    keyed.sort(key=lambda k: (k[0], k[1], k[2]))
-    for *_, ev in keyed:
-        yield dump_line(ev)
+    """The lines of :func:`render_jsonl`, one at a time (only the sort keys are held, not the events)."""
+    keyed: list[tuple[int, int, int]] = []  # (ts_ns or -1, 0 finding / 1 record, index)
+    for i, fk in enumerate(finding_keys(doc)):
+        keyed.append((fk[3] if fk[3] is not None else -1, 0, i))
+    for i, rk in enumerate(record_keys(doc)):
+        keyed.append((rk[4] if rk[4] is not None else -1, 1, i))
+    keyed.sort()
+    findings, records = doc["findings"], doc["records"]
+    for _ts, kind, i in keyed:
+        yield dump_line(finding_event(doc, findings[i]) if kind == 0 else record_event(doc, records[i]))
 
 
 #: characters that some line splitters take for a line end (Python's str.splitlines, JavaScript) but that
@@ -106,4 +107,8 @@ _LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
 
 def dump_line(event: Mapping[str, Any]) -> str:
     """One event as one compact JSON line (UTF-8, ``\\n`` terminated, no other line break inside)."""
-    return json.dumps(event, ensure_ascii=False, allow_nan=False, separators=(",", ":")).translate(_LINE_BREAKS) + "\n"
+    return _LINE_ENCODER.encode(event).translate(_LINE_BREAKS) + "\n"
+
+
+#: one encoder for every line (``json.dumps`` with options builds a new one per call)
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))

@@ -11,9 +11,14 @@ ever added, never renamed or removed):
    text that had to be escaped (see :func:`text`); ``captures[].path`` is escaped like wire text.
    A JSON Schema of this version ships as ``analyzer/report/schema.json``.
 
-Strategy: this module turns an ``AnalysisResult`` into one plain dict (the "doc"); every
-other format (HTML, CSV, JSONL) is rendered from that dict, so all formats say the same
-thing. Wire text arrives as ``str`` decoded with surrogateescape; :func:`text` makes it
+Strategy: this module turns an ``AnalysisResult`` into one document (the "doc"); every
+other format (HTML, CSV, JSONL) is rendered from that document, so all formats say the same
+thing. :func:`report_doc` builds it lazily: ``captures`` and ``summary`` (counted in one cheap
+pass over the result objects) are plain data, while the arrays that grow with the capture
+(:data:`BIG_ARRAYS`) are :class:`LazyItems` that build each item's dict only when it is read,
+so a writer streaming them holds one item at a time. :func:`report_data` is the same document
+with every array built (tests, comparisons). :func:`iter_json` streams it with CPython's C
+encoder: one line per item of a top-level array, the small objects indented. Wire text arrives as ``str`` decoded with surrogateescape; :func:`text` makes it
 valid UTF-8 and, where it had to escape anything, :func:`put_text` adds a ``<key>_b64``
 sibling holding the original bytes, so escaping stays reversible without guessing.
 Findings and chains are read by attribute only (duck typing), so objects from any rule
@@ -24,9 +29,10 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol, overload
 
 from analyzer import __version__
 from analyzer.flows.model import FlowResult
@@ -53,11 +59,17 @@ def utc_seconds(ts_ns: int | None) -> tuple[str, int] | None:
     if ts_ns is None:
         return None
     sec, ns = divmod(ts_ns, 10**9)
+    text_sec = _utc_second(sec)
+    return None if text_sec is None else (text_sec, ns)
+
+
+@functools.lru_cache(maxsize=4096)  # a capture's events share few seconds: strftime once per second
+def _utc_second(sec: int) -> str | None:
     try:
         base = datetime.datetime.fromtimestamp(sec, tz=datetime.timezone.utc)
     except (OverflowError, OSError, ValueError):
         return None
-    return base.strftime("%Y-%m-%dT%H:%M:%S"), ns
+    return base.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def iso_ns(ts_ns: int | None) -> str | None:
@@ -115,9 +127,16 @@ def b64(value: str) -> str:
 
 def put_text(out: dict[str, Any], key: str, value: str | None) -> None:
     """``out[key] = text(value)``, plus ``out[key + "_b64"]`` when escaping happened."""
-    out[key] = text(value)
-    if value is not None and needs_b64(value):
+    if value is None:
+        out[key] = None
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # bytes that were not UTF-8: escaped text plus the exact bytes
+        out[key] = text(value)
         out[key + "_b64"] = b64(value)
+        return
+    out[key] = value  # the common case: valid UTF-8 as it is (what text() returns)
 
 
 def _pairs(out: dict[str, Any], key: str, pairs: Iterable[tuple[str | None, str | None]]) -> None:
@@ -203,11 +222,6 @@ def _flow(f: FlowResult) -> dict[str, Any]:
         "last_ts_ns": s.last_ts_ns,
         "ended": s.ended,
     }
-
-
-def _dropped(f: Mapping[str, Any]) -> int:
-    """Segments and bytes a flow's reassembly dropped (out of window, late, after FIN), all summed."""
-    return sum(n for d in f["dropped"].values() for n in d.values())
 
 
 def _ep(e: Endpoint | None) -> dict[str, Any] | None:
@@ -377,7 +391,7 @@ class _RecordIndex:
         return None
 
 
-def _finding(f: Finding, flows: Sequence[dict[str, Any]], captures: Sequence[CaptureResult],
+def _finding(f: Finding, flows: Sequence[FlowResult], captures: Sequence[CaptureResult],
              records: _RecordIndex) -> dict[str, Any]:
     flow = f.flow if f.flow is not None and 0 <= f.flow < len(flows) else None
     frames = sorted(set(f.frames))[:MAX_FINDING_FRAMES]
@@ -396,8 +410,8 @@ def _finding(f: Finding, flows: Sequence[dict[str, Any]], captures: Sequence[Cap
         "flows": list(f.flows) if f.flows else ([] if f.flow is None else [f.flow]),
         "capture": f.capture,
         "capture_file": capture_file,
-        "protocol": flows[flow]["protocol"] if flow is not None else None,
-        "community_id": flows[flow]["community_id"] if flow is not None else None,
+        "protocol": flows[flow].summary.protocol if flow is not None else None,
+        "community_id": flows[flow].community_id if flow is not None else None,
         "frames": frames,
         "wireshark_filter": wireshark_filter(frames),
         "ts": iso_ns(f.ts_ns),
@@ -452,110 +466,268 @@ def _count(keys: Iterable[str]) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def report_data(result: AnalysisResult, *, generated_at: str | None = None) -> dict[str, Any]:
-    """The whole report as plain JSON-able data (the input of every other format)."""
-    flows = [_flow(f) for f in result.flows]
-    records = [_record(r) for r in result.records]
-    index = _RecordIndex(result.records)
-    findings = [_finding(f, flows, result.captures, index) for f in result.findings]
-    chains = [_chain(c) for c in result.chains]
-    by_proto = _count(f["protocol"] or "other" for f in flows)
+class LazyItems(Sequence[dict[str, Any]]):
+    """A read-only list of report items (dicts) built from result objects on each read, never stored."""
+
+    __slots__ = ("_objs", "_build")
+
+    def __init__(self, objs: Sequence[Any], build: Callable[[Any], dict[str, Any]]) -> None:
+        self._objs = objs
+        self._build = build
+
+    def __len__(self) -> int:
+        return len(self._objs)
+
+    @overload
+    def __getitem__(self, i: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, i: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        if isinstance(i, slice):
+            return [self._build(o) for o in self._objs[i]]
+        return self._build(self._objs[i])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        build = self._build
+        for o in self._objs:
+            yield build(o)
+
+    @property
+    def objects(self) -> Sequence[Any]:
+        """The result objects the items are built from."""
+        return self._objs
+
+
+#: (flow, protocol, carrier, forwarding, ts_ns) of a record: what the summaries and the timeline need
+RecordKey = tuple[int, str, str, bool, "int | None"]
+#: (flow, severity label, rule, ts_ns, record index) of a finding
+FindingKey = tuple["int | None", str, "str | None", "int | None", "int | None"]
+
+
+def record_keys(doc: Mapping[str, Any]) -> Iterator[RecordKey]:
+    """:data:`RecordKey` of every record, read from the result objects when the document is lazy."""
+    records = doc["records"]
+    if isinstance(records, LazyItems):
+        for r in records.objects:
+            yield r.flow, r.protocol, r.carrier, bool(r.forwarding), r.ts_ns
+    else:
+        for d in records:
+            yield d["flow"], d["protocol"], d["carrier"], bool(d["forwarding"]), d["ts_ns"]
+
+
+def finding_keys(doc: Mapping[str, Any]) -> Iterator[FindingKey]:
+    """:data:`FindingKey` of every finding, read from the result objects when the document is lazy."""
+    findings = doc["findings"]
+    if isinstance(findings, LazyItems) and isinstance(doc["records"], LazyItems):
+        index = _RecordIndex(doc["records"].objects)
+        for f in findings.objects:
+            yield f.flow, severity_label(f.severity), text(f.rule), f.ts_ns, index.find(f)
+    else:
+        for d in findings:
+            yield d["flow"], d["severity"], d["rule"], d["ts_ns"], d["record"]
+
+
+def _summary(result: AnalysisResult) -> dict[str, Any]:
+    """The ``summary`` object, counted from the result objects (no item dict is built)."""
+    flows = [f.summary for f in result.flows]
     by_severity = {label: 0 for label in SEVERITY_ORDER}
-    for fd in findings:
-        by_severity[fd["severity"]] += 1
+    for fd in result.findings:
+        by_severity[severity_label(fd.severity)] += 1
     readable = [c for c in result.captures if c.info is not None]
     firsts = [c.info.first_ts_ns for c in readable if c.info is not None and c.info.first_ts_ns is not None]
     lasts = [c.info.last_ts_ns for c in readable if c.info is not None and c.info.last_ts_ns is not None]
     first_ns = min(firsts) if firsts else None
     last_ns = max(lasts) if lasts else None
+    with_gaps = sum(1 for s in flows if s.gaps_to_server or s.gaps_to_client)
+    return {
+        "captures": len(result.captures),
+        "unusable_captures": len(result.unusable),
+        "packets": sum(c.info.packets for c in result.captures if c.info is not None),
+        "flows": len(flows),
+        "flows_by_protocol": _count(s.protocol or "other" for s in flows),
+        "flows_with_gaps": with_gaps,
+        "tls_flows": sum(1 for s in flows if s.tls),
+        "records": len(result.records),
+        "forwarding_records": sum(1 for r in result.records if r.forwarding),
+        "records_by_carrier": _count(f"{r.protocol}/{r.carrier}" for r in result.records),
+        "forwarding_records_by_protocol": _count(r.protocol for r in result.records if r.forwarding),
+        "findings": len(result.findings),
+        "findings_by_severity": by_severity,
+        "findings_by_rule": _count(text(fd.rule) or "" for fd in result.findings),
+        "chains": len(result.chains),
+        "time_span": {
+            "first_ts": iso_ns(first_ns),
+            "last_ts": iso_ns(last_ns),
+            "first_ts_ns": first_ns,
+            "last_ts_ns": last_ns,
+            "duration_s": None if first_ns is None or last_ns is None else (last_ns - first_ns) / 1e9,
+        },
+        "coverage": {
+            "tls_implicit_flows": sum(1 for s in flows if s.tls == "implicit"),
+            "starttls_flows": sum(1 for s in flows if s.tls == "starttls"),
+            "flows_with_gaps": with_gaps,
+            "gap_bytes": sum(s.gap_bytes_to_server + s.gap_bytes_to_client for s in flows),
+            "overlap_conflicts": sum(s.overlap_conflicts for s in flows),
+            "flows_with_dropped_segments": sum(1 for s in flows if _dropped_of(s)),
+            "out_of_window_segments": sum(s.out_of_window_to_server + s.out_of_window_to_client for s in flows),
+            "flows_without_syn": sum(1 for s in flows if not s.saw_syn),
+            "damaged_captures": sum(1 for c in readable if c.info is not None and (
+                c.info.damage or c.info.damage_dropped)),
+            "decode_issues": sum(sum(c.decode_issue_counts.values()) for c in result.captures),
+            "unusable_captures": len(result.unusable),
+        },
+    }
+
+
+def _dropped_of(s: Any) -> int:
+    """Segments and bytes a flow's reassembly dropped (out of window, late, after FIN), all summed."""
+    return int(s.out_of_window_to_server + s.late_bytes_to_server + s.after_fin_bytes_to_server
+            + s.out_of_window_to_client + s.late_bytes_to_client + s.after_fin_bytes_to_client)
+
+
+def report_doc(result: AnalysisResult, *, generated_at: str | None = None) -> dict[str, Any]:
+    """The whole report, its growing arrays as :class:`LazyItems` (each item built when read)."""
+    index = _RecordIndex(result.records)
+    flows, captures = result.flows, result.captures
     doc: dict[str, Any] = {"format_version": FORMAT_VERSION, "tool": {"name": "fwdaudit", "version": __version__}}
     if generated_at is not None:
         doc["generated_at"] = generated_at
     doc.update({
-        "captures": [_capture(c) for c in result.captures],
-        "summary": {
-            "captures": len(result.captures),
-            "unusable_captures": len(result.unusable),
-            "packets": sum(c.info.packets for c in result.captures if c.info is not None),
-            "flows": len(flows),
-            "flows_by_protocol": by_proto,
-            "flows_with_gaps": sum(
-                1 for f in flows if f["gaps"]["to_server"]["count"] or f["gaps"]["to_client"]["count"]
-            ),
-            "tls_flows": sum(1 for f in flows if f["tls"]),
-            "records": len(records),
-            "forwarding_records": sum(1 for r in records if r["forwarding"]),
-            "records_by_carrier": _count(f"{r['protocol']}/{r['carrier']}" for r in records),
-            "forwarding_records_by_protocol": _count(r["protocol"] for r in records if r["forwarding"]),
-            "findings": len(findings),
-            "findings_by_severity": by_severity,
-            "findings_by_rule": _count(fd["rule"] for fd in findings),
-            "chains": len(chains),
-            "time_span": {
-                "first_ts": iso_ns(first_ns),
-                "last_ts": iso_ns(last_ns),
-                "first_ts_ns": first_ns,
-                "last_ts_ns": last_ns,
-                "duration_s": None if first_ns is None or last_ns is None else (last_ns - first_ns) / 1e9,
-            },
-            "coverage": {
-                "tls_implicit_flows": sum(1 for f in flows if f["tls"] == "implicit"),
-                "starttls_flows": sum(1 for f in flows if f["tls"] == "starttls"),
-                "flows_with_gaps": sum(
-                    1 for f in flows if f["gaps"]["to_server"]["count"] or f["gaps"]["to_client"]["count"]
-                ),
-                "gap_bytes": sum(f["gaps"]["to_server"]["bytes"] + f["gaps"]["to_client"]["bytes"] for f in flows),
-                "overlap_conflicts": sum(f["overlap_conflicts"] for f in flows),
-                "flows_with_dropped_segments": sum(1 for f in flows if _dropped(f)),
-                "out_of_window_segments": sum(
-                    f["dropped"]["to_server"]["out_of_window_segments"]
-                    + f["dropped"]["to_client"]["out_of_window_segments"] for f in flows
-                ),
-                "flows_without_syn": sum(1 for f in flows if not f["saw_syn"]),
-                "damaged_captures": sum(1 for c in readable if c.info is not None and (
-                    c.info.damage or c.info.damage_dropped)),
-                "decode_issues": sum(sum(c.decode_issue_counts.values()) for c in result.captures),
-                "unusable_captures": len(result.unusable),
-            },
-        },
-        "flows": flows,
-        "records": records,
-        "findings": findings,
-        "chains": chains,
+        "captures": [_capture(c) for c in captures],
+        "summary": _summary(result),
+        "flows": LazyItems(flows, _flow),
+        "records": LazyItems(result.records, _record),
+        "findings": LazyItems(result.findings, lambda f: _finding(f, flows, captures, index)),
+        "chains": LazyItems(result.chains, _chain),
     })
     return doc
 
 
+def report_data(result: AnalysisResult, *, generated_at: str | None = None) -> dict[str, Any]:
+    """The whole report as plain JSON-able data, every array built (see :func:`report_doc`)."""
+    return {k: list(v) if isinstance(v, LazyItems) else v
+            for k, v in report_doc(result, generated_at=generated_at).items()}
+
+
 #: top-level arrays that grow with the capture
 BIG_ARRAYS = ("flows", "records", "findings", "chains")
-#: up to this many items in BIG_ARRAYS the whole document is indented; above it, each item is one line
-PRETTY_MAX_ITEMS = 10_000  # json's indent forces its pure-Python encoder: ~4x slower (30 s for 200,000 flows)
+#: top-level arrays written one item per line (the C encoder); other values are indented
+LINE_ARRAYS = ("captures", *BIG_ARRAYS)
 
 
-def iter_json(data: dict[str, Any]) -> Iterator[str]:
-    """Deterministic, valid UTF-8 JSON text in pieces (layout only changes with size; see PRETTY_MAX_ITEMS)."""
-    if sum(len(data.get(k, ())) for k in BIG_ARRAYS) <= PRETTY_MAX_ITEMS:
-        yield json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
-        return
-    keys = list(data)
-    yield "{\n"
-    for n, key in enumerate(keys):
-        end = ",\n" if n < len(keys) - 1 else "\n"
-        name = json.dumps(key)
-        value = data[key]
-        if key in BIG_ARRAYS and isinstance(value, list) and value:
-            yield f" {name}: [\n"
-            last = len(value) - 1
-            for i, item in enumerate(value):  # the C encoder, one item per line
-                yield "  " + json.dumps(item, ensure_ascii=False, allow_nan=False) + (",\n" if i < last else "\n")
-            yield " ]" + end
+#: one encoder for every item (``json.dumps`` with options builds a new one per call); no indent: the C encoder
+_ITEM_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
+def _dump_item(value: Any) -> str:
+    return _ITEM_ENCODER.encode(value)
+
+
+class Sink(Protocol):
+    """A consumer of the document's growing arrays, fed one item at a time by :func:`feed`."""
+
+    def begin(self, section: str) -> None:
+        """The array ``section`` (one of :data:`BIG_ARRAYS`, in that order) starts."""
+
+    def item(self, section: str, index: int, item: dict[str, Any]) -> None:
+        """Item ``index`` of ``section``."""
+
+    def end(self, section: str) -> None:
+        """The array ``section`` is complete."""
+
+    def finish(self) -> None:
+        """Every array was fed."""
+
+
+def feed(doc: Mapping[str, Any], sinks: Sequence[Sink]) -> None:
+    """Read each item of :data:`BIG_ARRAYS` once and hand it to every sink (one item in memory at a time)."""
+    for section in BIG_ARRAYS:
+        for s in sinks:
+            s.begin(section)
+        for i, item in enumerate(doc[section]):
+            for s in sinks:
+                s.item(section, i, item)
+        for s in sinks:
+            s.end(section)
+    for s in sinks:
+        s.finish()
+
+
+class JsonSink:
+    """Writes ``report.json`` as it is fed (layout: see :func:`iter_json`)."""
+
+    def __init__(self, doc: Mapping[str, Any], write: Callable[[str], object]) -> None:
+        self.doc = doc
+        self.write = write
+        self.keys = list(doc)
+        self.done = 0  # keys written so far
+        self.first = True
+
+    def _sep(self) -> str:
+        return ",\n" if self.done < len(self.keys) else "\n"
+
+    def _plain(self, until: str | None) -> None:
+        """Write the keys before ``until`` (all that are left when None) that are not yet written."""
+        if self.done == 0:
+            self.write("{\n")
+        while self.done < len(self.keys) and self.keys[self.done] != until:
+            key = self.keys[self.done]
+            value = self.doc[key]
+            self.done += 1
+            if key in LINE_ARRAYS and isinstance(value, Sequence) and len(value):
+                self.write(f" {json.dumps(key)}: [\n  " + ",\n  ".join(_dump_item(v) for v in value)
+                           + "\n ]" + self._sep())
+            else:
+                text_value = json.dumps(value, indent=1, ensure_ascii=False, allow_nan=False).replace("\n", "\n ")
+                self.write(f" {json.dumps(key)}: {text_value}{self._sep()}")
+
+    def begin(self, section: str) -> None:
+        self._plain(section)
+        self.first = True
+
+    def item(self, section: str, index: int, item: dict[str, Any]) -> None:
+        if self.first:
+            self.write(f" {json.dumps(section)}: [\n  ")
+            self.first = False
         else:
-            text_value = json.dumps(value, indent=1, ensure_ascii=False, allow_nan=False).replace("\n", "\n ")
-            yield f" {name}: {text_value}{end}"
-    yield "}\n"
+            self.write(",\n  ")
+        self.write(_dump_item(item))
+
+    def end(self, section: str) -> None:
+        self.done += 1
+        if self.first:
+            self.write(f" {json.dumps(section)}: []{self._sep()}")
+        else:
+            self.write("\n ]" + self._sep())
+
+    def finish(self) -> None:
+        self._plain(None)
+        self.write("}\n")
 
 
-def dumps(data: dict[str, Any]) -> str:
+def iter_json(data: Mapping[str, Any]) -> Iterator[str]:
+    """Deterministic, valid UTF-8 JSON text in pieces: one line per item of :data:`LINE_ARRAYS`.
+
+    The items are serialized by CPython's C encoder (``indent`` would force the pure-Python one,
+    ~10x slower); only the small objects (``tool``, ``summary``) are indented. Items are read
+    one at a time, so a lazy document (:func:`report_doc`) is never held whole.
+    """
+    buf: list[str] = []
+    sink = JsonSink(data, buf.append)
+    for section in BIG_ARRAYS:
+        sink.begin(section)
+        for i, item in enumerate(data[section]):
+            sink.item(section, i, item)
+            yield "".join(buf)
+            buf.clear()
+        sink.end(section)
+    sink.finish()
+    yield "".join(buf)
+
+
+def dumps(data: Mapping[str, Any]) -> str:
     """Deterministic, valid UTF-8 JSON text."""
     return "".join(iter_json(data))
 

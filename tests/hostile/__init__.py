@@ -186,12 +186,6 @@ KNOWN_BUGS: dict[str, KnownBug] = {
         "Limits.max_flows is not enforced: 854 MB at 150k flows, several GB at 1M; see test_memory_per_open_flow",
         True,
     ),
-    "imap_id_many_pairs": KnownBug(
-        "BUG (time, size): report.html renders the whole record under every finding: an ID of 5000 "
-        "literal pairs (136 KB) gives 1000 findings x 1000 params = a 130 MB report.html, 49 s, 1 GB; see "
-        "test_html_linear_in_id_pairs",
-        True,
-    ),
     "ooo_segments": KnownBug(
         "BUG (memory): FlowSummary.events keeps every event of a flow (~530 bytes per command) until the end "
         "of the capture: 1M NOOPs on one flow peak at 750 MB; see test_memory_per_command",

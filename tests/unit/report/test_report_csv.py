@@ -12,7 +12,7 @@ from reportkit import PAYLOADS, analyzed, hostile_result, record_finding, with_e
 
 from analyzer.protocols.base import wire_text
 from analyzer.report.csvout import FORMULA_TRIGGERS, render_csv, safe_cell
-from analyzer.report.data import FINDING_COLUMNS, FLOW_COLUMNS, RECORD_COLUMNS, build_frames, visible
+from analyzer.report.data import FINDING_COLUMNS, FLOW_COLUMNS, RECORD_COLUMNS, visible
 from analyzer.report.jsonout import report_data
 
 
@@ -49,7 +49,7 @@ def test_columns_and_counts_match_json() -> None:
     res = analyzed("sample.pcapng")
     res = with_extras(res, findings=[record_finding(res.records[0])])
     doc = report_data(res)
-    out = render_csv(build_frames(doc))
+    out = render_csv(doc)
     f, r, w = (rows(out[n]) for n in ("findings.csv", "records.csv", "flows.csv"))
     assert f[0] == list(FINDING_COLUMNS) and r[0] == list(RECORD_COLUMNS) and w[0] == list(FLOW_COLUMNS)
     assert len(f) - 1 == len(doc["findings"]) and len(r) - 1 == len(doc["records"])
@@ -65,7 +65,7 @@ def test_columns_and_counts_match_json() -> None:
 
 
 def test_xss_capture_csv_is_neutralized() -> None:
-    out = render_csv(build_frames(report_data(analyzed("xss.pcapng"))))
+    out = render_csv(report_data(analyzed("xss.pcapng")))
     seen = set()
     for name, text in out.items():
         table = rows(text)
@@ -84,7 +84,7 @@ def test_xss_capture_csv_is_neutralized() -> None:
 @given(value=st.one_of(st.sampled_from(PAYLOADS), st.binary(max_size=40).map(wire_text), st.text(max_size=40)),
        raw=st.binary(max_size=64))
 def test_any_bytes_give_safe_csv(value: str, raw: bytes) -> None:
-    out = render_csv(build_frames(report_data(hostile_result(value, raw, "tcp_in_order.pcapng"))))
+    out = render_csv(report_data(hostile_result(value, raw, "tcp_in_order.pcapng")))
     for text in out.values():
         text.encode("utf-8")
         table = rows(text)

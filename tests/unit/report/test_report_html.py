@@ -10,7 +10,7 @@ import jinja2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reportkit import PAYLOADS, analyzed, chain_of, finding, hostile_result, with_extras
+from reportkit import PAYLOADS, analyzed, chain_of, finding, hostile_result, record_finding, with_extras
 
 from analyzer.protocols.base import wire_text
 from analyzer.report import data as data_mod
@@ -236,3 +236,30 @@ def test_capture_path_is_escaped_everywhere() -> None:
     assert base64.b64decode(doc["captures"][0]["path_b64"]).decode("utf-8", "surrogateescape") == path
     assert doc["findings"][0]["capture_file"] == doc["captures"][0]["path"]
     assert "\u202e" not in out["flows.csv"] and "\u202e" not in out["findings.csv"]
+
+
+def test_record_params_are_rendered_once_and_findings_link_to_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many findings on one record: its parameter table appears once (records section), each finding links
+    to it; a record past the page's cap is named, not linked; the parameter cap is stated."""
+    import dataclasses
+
+    base = analyzed("sample.pcapng")
+    rec = base.records[0]
+    many_params = tuple((f"x-name-{k}", f"value-{k}") for k in range(30))
+    big = dataclasses.replace(rec, params=many_params)
+    records = [big, *base.records[1:]]
+    res = with_extras(base, records=records, keep=False,
+                      findings=[record_finding(big, rule=f"r{k}") for k in range(40)]
+                      + [record_finding(base.records[-1], rule="r.last")])
+    monkeypatch.setattr(data_mod, "MAX_PARAMS_SHOWN", 10)
+    monkeypatch.setattr(data_mod, "MAX_RECORD_ROWS", len(records) - 1)
+    doc = report_data(res)
+    view = build_view(doc)
+    html = render_html(doc, view)
+    assert_inert(html)
+    assert html.count("x-name-0<") == 1 and "x-name-10<" not in html  # once, and capped
+    assert "the first 10 of 30 (all in report.json)" in html
+    assert html.count('href="#record-0"') == 40 and html.count('id="record-0"') == 1
+    last = len(records) - 1
+    assert f'href="#record-{last}"' not in html and f"command #{last}: not listed on this page" in html
+    assert [f.record_listed for f in view.findings].count(False) == 1

@@ -194,17 +194,53 @@ def test_any_bytes_give_valid_reversible_json(value: str, raw: bytes) -> None:
     validate(back)
 
 
-def test_large_reports_use_one_line_per_item(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("name", ["sample.pcapng", "xss.pcapng", "tcp_gap.pcapng"])
+def test_streamed_json_equals_the_indented_document(name: str) -> None:
+    """The streamed layout (C encoder, one item per line, lazy items) is the same document as the old
+    fully indented one, and the lazy and the built document give the same bytes."""
     import analyzer.report.jsonout as jsonout
 
-    doc = report_data(analyzed("xss.pcapng"))
-    pretty = dumps(doc)
-    monkeypatch.setattr(jsonout, "PRETTY_MAX_ITEMS", 0)
-    compact = dumps(doc)
-    assert json.loads(compact) == json.loads(pretty) == json.loads(dumps(json.loads(pretty)))
-    lines = compact.splitlines()
+    res = analyzed(name)
+    doc = report_data(res)
+    streamed = dumps(jsonout.report_doc(res))
+    assert streamed == dumps(doc)
+    old_layout = json.dumps(doc, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+    assert json.loads(streamed) == json.loads(old_layout)
+    assert list(json.loads(streamed)) == list(doc)
+    lines = streamed.splitlines()
     assert sum(1 for line in lines if line.startswith('  {"flow":')) == len(doc["records"])
-    assert lines[0] == "{" and lines[-1] == "}" and compact.endswith("}\n")
+    assert sum(1 for line in lines if line.startswith('  {"rule":')) == len(doc["findings"])
+    assert lines[0] == "{" and lines[-1] == "}" and streamed.endswith("}\n")
+    validate(json.loads(streamed))
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=hostile_text, raw=st.binary(max_size=300))
+def test_any_bytes_stream_the_same_document(value: str, raw: bytes) -> None:
+    """Streamed from the lazy document or dumped from the built one: the same bytes, the same data as the
+    indented layout, and every format renders from the lazy document without raising."""
+    import analyzer.report.jsonout as jsonout
+    from analyzer.report import render_reports
+
+    res = hostile_result(value, raw)
+    doc = report_data(res)
+    streamed = dumps(jsonout.report_doc(res))
+    assert streamed == dumps(doc)
+    assert json.loads(streamed) == json.loads(json.dumps(doc, indent=1, ensure_ascii=False))
+    out = render_reports(res, ("html", "json", "jsonl", "csv"))
+    assert out["report.json"] == streamed
+
+
+def test_lazy_items_are_built_on_read() -> None:
+    import analyzer.report.jsonout as jsonout
+
+    res = analyzed("sample.pcapng")
+    doc = jsonout.report_doc(res)
+    records = doc["records"]
+    assert isinstance(records, jsonout.LazyItems) and len(records) == len(res.records)
+    assert records[0] == report_data(res)["records"][0] and records[0] is not records[0]  # never stored
+    assert records[1:3] == report_data(res)["records"][1:3]
+    assert jsonout.report_data(res)["summary"] == doc["summary"]
 
 
 def test_out_of_range_references_do_not_break_the_report() -> None:

@@ -57,3 +57,56 @@ def test_unwritable_directory_is_a_config_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="cannot create output directory"):
         write_reports(analyzed("sample.pcapng"), str(blocker / "sub"), ("json",))
+
+
+def _report_peak(n: int, tmp_path: Path) -> tuple[int, int]:
+    """(records, tracemalloc peak bytes of write_reports with the default formats) for n pipelined XCLIENTs."""
+    import gc
+    import tracemalloc
+    from dataclasses import replace
+
+    from analyzer.config import Settings
+    from analyzer.pipeline import analyze
+    from tests.hostile.generate import CASES, PROFILES, write_case
+
+    path = write_case(CASES["pop3_xclient_100k"], tmp_path / f"case{n}", replace(PROFILES["ci"], xclient_repeats=n))
+    res = analyze([str(path)], Settings())
+    render_reports(analyzed("sample.pcapng"))  # templates compiled, modules imported: not per-record memory
+    gc.collect()
+    tracemalloc.start()
+    try:
+        write_reports(res, str(tmp_path / f"out{n}"), force=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return len(res.records), peak
+
+
+def test_report_stage_memory_is_bounded_per_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report stage streams: 4x the records add at most 512 bytes of peak memory per record (the items are
+    built one at a time; only the page's rows, capped, and small per-item keys are kept). The page cap is
+    lowered so that both sizes are past it."""
+    from analyzer.report import data
+
+    monkeypatch.setattr(data, "MAX_RECORD_ROWS", 100)
+    small_n, small = _report_peak(500, tmp_path)
+    big_n, big = _report_peak(2000, tmp_path)
+    assert big_n - small_n >= 1500
+    per_record = (big - small) / (big_n - small_n)
+    assert per_record <= 512, f"{per_record:.0f} bytes of peak per record ({small} -> {big})"
+    assert big <= 64 << 20, f"peak {big / 2**20:.1f} MiB"
+
+
+def test_html_size_linear_in_id_pairs(tmp_path: Path) -> None:
+    """A record's parameters are rendered once (records section), not under each finding: 4x the ID pairs
+    give at most 5x the page."""
+    from analyzer.config import Settings
+    from analyzer.pipeline import analyze
+    from tests.hostile.generate import imap_literal_pairs
+
+    sizes = []
+    for n in (50, 200):
+        path = tmp_path / f"pairs{n}.pcap"
+        path.write_bytes(b"".join(imap_literal_pairs(n)))
+        sizes.append(len(render_reports(analyze([str(path)], Settings()), ("html",))["report.html"]))
+    assert sizes[1] <= 5 * sizes[0], sizes
