@@ -8,6 +8,16 @@ advances the direction's offset by ``len(data)`` and ``gap`` by ``length``, so
 offsets equal the reassembler's (sequence-number based) stream offsets. The
 pipeline maps :class:`~analyzer.model.Span` offsets back to frame numbers.
 
+Events are slotted dataclasses that are never changed after they are made, but
+they are not declared ``frozen``: a frozen dataclass sets every field through
+``object.__setattr__`` in ``__init__``, which costs about 1.1 us per event (and as
+much again for its :class:`~analyzer.model.Span`) on the benchmark machine, 5x a
+plain slotted ``__init__``. ``unsafe_hash=True`` keeps the field-based ``__hash__``
+and equality of the frozen version, so events still work as dict keys and in sets.
+Nothing may assign to an event's field. The concrete event classes are ``@final``:
+code that walks many events may test ``type(ev) is Reply`` (one pointer
+comparison, and mypy narrows it) instead of ``isinstance``, with the same result.
+
 Text taken from the wire is kept as ``str`` decoded with
 ``wire_text(b) == b.decode("utf-8", "surrogateescape")``: nothing is lost (the
 report layer escapes lone surrogates reversibly as ``\\xNN``).
@@ -16,7 +26,7 @@ report layer escapes lone surrogates reversibly as ``\\xNN``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Protocol
+from typing import ClassVar, Protocol, final
 
 from analyzer.model import Direction, Span
 
@@ -31,14 +41,15 @@ def wire_bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Event:
     """Base of every parser event: where in the stream it was seen."""
 
     span: Span  #: bytes of the stream this event was read from (a whole line, or several for literals)
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class Anomaly(Event):
     """A problem in the peer's bytes (Zeek "weird"). ``code`` is a stable snake_case name."""
 
@@ -47,7 +58,8 @@ class Anomaly(Event):
     excerpt: bytes  #: at most 256 bytes of the offending input
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class Greeting(Event):
     """The server's greeting (IMAP ``* OK``/``* PREAUTH``/``* BYE``, POP3 ``+OK``/``-ERR``, SMTP first reply)."""
 
@@ -57,7 +69,8 @@ class Greeting(Event):
     restart: bool  #: True for an SMTP/LMTP 220 that restarts the session after XCLIENT
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class Capabilities(Event):
     """Capabilities the server announced, outside the greeting."""
 
@@ -65,7 +78,8 @@ class Capabilities(Event):
     items: tuple[str, ...]  #: every capability line/word as sent, e.g. ``"XCLIENT ADDR PORT TTL"``, ``"XRCPTFORWARD"``
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class Command(Event):
     """Any client command line (also the carrier commands below, which follow their own Command)."""
 
@@ -76,7 +90,8 @@ class Command(Event):
     line_len: int  #: length of the command as sent, CRLF included, literals included
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class Reply(Event):
     """A server reply matched to the command it answers."""
 
@@ -87,7 +102,8 @@ class Reply(Event):
     final: bool  #: False for IMAP untagged/continuation lines that do not complete the command
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class IdParam:
     """One ``key value`` pair of an IMAP ``ID`` list."""
 
@@ -102,7 +118,8 @@ class IdParam:
     literal_waited: bool | None  #: for a synchronizing literal: did the client wait for ``+``? None otherwise
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class ImapId(Event):
     """An IMAP ``ID`` command (RFC 2971)."""
 
@@ -113,7 +130,8 @@ class ImapId(Event):
     line_len: int  #: bytes of the whole command, literals and CRLFs included
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class XParam:
     """One ``NAME=value`` attribute of XCLIENT/XFORWARD, or an ESMTP RCPT parameter."""
 
@@ -126,7 +144,8 @@ class XParam:
     #: ``xtext_raw_char`` (unencoded byte outside 0x21-0x7E or raw ``=``/``+``)
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class Xclient(Event):
     """A ``XCLIENT`` (POP3 Dovecot form or SMTP/LMTP Postfix form) or legacy POP3 ``XOIP``."""
 
@@ -136,7 +155,8 @@ class Xclient(Event):
     line_len: int  #: bytes of the command line, CRLF included
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class Xforward(Event):
     """A Postfix ``XFORWARD`` command."""
 
@@ -145,7 +165,8 @@ class Xforward(Event):
     line_len: int  #: bytes of the command line, CRLF included
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class RcptForward(Event):
     """An ``XRCPTFORWARD=`` ESMTP parameter (LMTP ``RCPT TO``; also reported when seen on ``MAIL FROM``)."""
 
@@ -156,14 +177,16 @@ class RcptForward(Event):
     line_len: int  #: bytes of the command line, CRLF included
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class TlsStarted(Event):
     """STARTTLS/STLS accepted: the rest of the connection is encrypted and not dissected."""
 
     seq: int | None  #: the STARTTLS command's seq
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class LocatedEvent:
     """A parser event with where it is in the capture."""
 

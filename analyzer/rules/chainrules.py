@@ -114,7 +114,7 @@ class _Context:
             if 0 <= flow < len(self.ctx.flows):
                 for le in self.ctx.flows[flow].summary.events:
                     ev = le.event
-                    if isinstance(ev, Reply) and REFERRAL in ev.text.upper():
+                    if type(ev) is Reply and REFERRAL in ev.text.upper():
                         n += 1
             self.referrals[flow] = n
         return n

@@ -200,10 +200,10 @@ def _cause(flow: FlowResult, idx: int, rep: Reply) -> LocatedEvent | None:
     events = flow.summary.events
     if rep.answers is not None:
         for le in events:
-            if isinstance(le.event, Command) and le.event.seq == rep.answers:
+            if type(le.event) is Command and le.event.seq == rep.answers:
                 return le
     for le in reversed(events[:idx]):
-        if isinstance(le.event, Command):
+        if type(le.event) is Command:
             return le
     return None
 
@@ -214,7 +214,7 @@ def _overflow_replies(ctx: RuleContext) -> Iterator[Finding]:
         recs = {r.command_seq: r for r in grouped.get(flow.id, [])}
         for idx, le in enumerate(flow.summary.events):
             rep = le.event
-            if not isinstance(rep, Reply):
+            if type(rep) is not Reply:
                 continue
             m = OVERFLOW_REPLY_RE.search(rep.text)
             if m is None:
@@ -222,7 +222,7 @@ def _overflow_replies(ctx: RuleContext) -> Iterator[Finding]:
             cause = _cause(flow, idx, rep)
             cmd = cause.event if cause is not None else None
             reply_text = f"{rep.status} {rep.text}"
-            if cause is None or not isinstance(cmd, Command):
+            if cause is None or type(cmd) is not Command:
                 yield event_finding(
                     ctx, OVERFLOW_REPLY, flow, le,
                     f"The server answered {reply_text!r} but the command it was reading is not in the capture.",

@@ -75,15 +75,15 @@ def records_by_flow(records: Iterable[ForwardingRecord]) -> dict[int, list[Forwa
 
 def event_excerpt(ev: Event, limit: int = 256) -> bytes:
     """Bytes to show for an event: the anomaly excerpt, the reply line, the command line."""
-    if isinstance(ev, Anomaly):
+    if type(ev) is Anomaly:
         return ev.excerpt[:limit]
-    if isinstance(ev, Reply):
+    if type(ev) is Reply:
         head = f"{ev.tag} " if ev.tag else ""
         return wire_bytes(f"{head}{ev.status} {ev.text}")[:limit]
-    if isinstance(ev, Command):
+    if type(ev) is Command:
         head = f"{ev.tag} " if ev.tag else ""
         return (wire_bytes(f"{head}{ev.verb}") + (b" " + ev.args if ev.args else b""))[:limit]
-    if isinstance(ev, Greeting):
+    if type(ev) is Greeting:
         return wire_bytes(f"{ev.status} {ev.text}")[:limit]
     return b""
 
@@ -107,9 +107,13 @@ def frames_text(frames: Iterable[int]) -> str:
     return ",".join(str(f) for f in frames)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class CommandInfo:
-    """A client command with its final reply, as the flow shows them."""
+    """A client command with its final reply, as the flow shows them (never changed once made).
+
+    Not ``frozen``: :func:`command_index` makes one per command of a flow, and a frozen
+    ``__init__`` costs about 1 us more each (see :mod:`analyzer.protocols.base`).
+    """
 
     cmd: LocatedEvent  #: the located Command event
     index: int  #: position of the Command in the flow's event list
@@ -122,24 +126,29 @@ def command_index(flow: FlowResult) -> dict[int, CommandInfo]:
     replies: dict[int, LocatedEvent] = {}
     for i, le in enumerate(flow.summary.events):
         ev = le.event
-        if isinstance(ev, Command):
-            cmds.setdefault(ev.seq, (le, i))
-        elif isinstance(ev, Reply) and ev.final and ev.answers is not None:
-            replies.setdefault(ev.answers, le)
-    return {seq: CommandInfo(le, i, replies.get(seq)) for seq, (le, i) in cmds.items()}
+        if type(ev) is Reply:  # the most frequent event: tested first
+            if ev.final:
+                answers = ev.answers
+                if answers is not None and answers not in replies:
+                    replies[answers] = le
+        elif type(ev) is Command:
+            if ev.seq not in cmds:
+                cmds[ev.seq] = (le, i)
+    get = replies.get
+    return {seq: CommandInfo(le, i, get(seq)) for seq, (le, i) in cmds.items()}
 
 
 def command_of(le: LocatedEvent) -> Command:
     """The Command inside a located event (for CommandInfo.cmd)."""
     ev = le.event
-    assert isinstance(ev, Command)
+    assert type(ev) is Command
     return ev
 
 
 def reply_of(le: LocatedEvent) -> Reply:
     """The Reply inside a located event (for CommandInfo.reply)."""
     ev = le.event
-    assert isinstance(ev, Reply)
+    assert type(ev) is Reply
     return ev
 
 
@@ -147,12 +156,12 @@ def server_software(flow: FlowResult) -> str | None:
     """"postfix" or "dovecot" when the greeting or an EHLO/LHLO capability line tells, else None."""
     for le in flow.summary.events:
         ev = le.event
-        if isinstance(ev, Greeting) and not ev.restart:
+        if type(ev) is Greeting and not ev.restart:
             if "Postfix" in ev.text:
                 return "postfix"
             if "Dovecot" in ev.text:
                 return "dovecot"
-        elif isinstance(ev, Capabilities) and ev.source in ("ehlo", "lhlo"):
+        elif type(ev) is Capabilities and ev.source in ("ehlo", "lhlo"):
             for item in ev.items:
                 words = item.upper().split()
                 if words[:1] == ["XCLIENT"] and POSTFIX_ONLY_XCLIENT_ATTRS.intersection(words[1:]):
@@ -265,7 +274,7 @@ def _window_end(flow: FlowResult) -> int | None:
     verbs = _AUTH_VERBS_IMAP | _AUTH_VERBS_POP3 | {"MAIL"}
     for le in flow.summary.events:
         ev = le.event
-        if isinstance(ev, Command) and ev.verb in verbs:
+        if type(ev) is Command and ev.verb in verbs:
             return ev.span.start
     return None
 
@@ -277,18 +286,18 @@ def forwarding_expected(flow: FlowResult) -> str | None:
     proxy_tags = False
     for le in flow.summary.events:
         ev = le.event
-        if isinstance(ev, Greeting) and not ev.restart:
+        if type(ev) is Greeting and not ev.restart:
             if "XCLIENT" in ev.capabilities:
                 return "the greeting offered [XCLIENT]"
             caps_id = caps_id or "ID" in (c.upper() for c in ev.capabilities)
-        elif isinstance(ev, Capabilities) and ev.source in ("ehlo", "lhlo"):
+        elif type(ev) is Capabilities and ev.source in ("ehlo", "lhlo"):
             for item in ev.items:
                 word = item.split(" ", 1)[0].upper()
                 if word in ("XCLIENT", "XRCPTFORWARD"):
                     return f"the {ev.source.upper()} reply offered {word}"
-        elif isinstance(ev, Command) and ev.tag in DOVECOT_PROXY_TAGS and ev.verb in DOVECOT_PROXY_TAGS[ev.tag]:
+        elif type(ev) is Command and ev.tag in DOVECOT_PROXY_TAGS and ev.verb in DOVECOT_PROXY_TAGS[ev.tag]:
             proxy_tags = True
-        elif (isinstance(ev, Reply) and ev.final and ev.tag == "I" and ev.answers is None
+        elif (type(ev) is Reply and ev.final and ev.tag == "I" and ev.answers is None
               and "ID completed" in ev.text):
             return f"the server answered an ID not in the capture ({ev.status} {ev.text})"
     if caps_id and proxy_tags:
@@ -314,26 +323,28 @@ def _injected_commands(flow: FlowResult, at: LocatedEvent) -> list[LocatedEvent]
     start = None
     for i in range(end - 1, -1, -1):
         ev = events[i].event
-        if isinstance(ev, Command) and ev.verb in ("STARTTLS", "STLS"):
+        if type(ev) is Command and ev.verb in ("STARTTLS", "STLS"):
             start = i
             break
     if start is None:
         return []
-    return [le for le in events[start + 1 : end] if isinstance(le.event, Command)][:MAX_LISTED]
+    return [le for le in events[start + 1 : end] if type(le.event) is Command][:MAX_LISTED]
 
 
 def _check_anomalies(ctx: RuleContext, flow: FlowResult, recs: list[ForwardingRecord]) -> Iterator[Finding]:
+    anomalies = [le for le in flow.summary.events if type(le.event) is Anomaly]
+    if not anomalies:  # most flows: nothing else to walk
+        return
     info_counts: dict[str, list[LocatedEvent]] = {}
     carrier_spans = {(le.event.span.start, le.event.span.end) for le in flow.summary.events
-                     if isinstance(le.event, Command) and le.event.verb in CARRIER_VERBS}
+                     if type(le.event) is Command and le.event.verb in CARRIER_VERBS}
     carrier_spans |= {(r.stream_start, r.stream_end) for r in recs}
     forwarding = [r for r in recs if r.forwarding]
     window_end = _window_end(flow)
     expected = None if forwarding else forwarding_expected(flow)
-    for le in flow.summary.events:
+    for le in anomalies:
         ev = le.event
-        if not isinstance(ev, Anomaly):
-            continue
+        assert type(ev) is Anomaly
         sp = ev.span
         to_server = sp.direction.value == "to_server"
         if ev.code in _GAP_CODES and to_server and (forwarding or expected):
@@ -384,7 +395,7 @@ def _check_anomalies(ctx: RuleContext, flow: FlowResult, recs: list[ForwardingRe
         info_counts.setdefault(ev.code, []).append(le)
     for code, les in sorted(info_counts.items()):
         first = les[0]
-        assert isinstance(first.event, Anomaly)
+        assert type(first.event) is Anomaly
         yield event_finding(
             ctx, PARSER_ANOMALY, flow, first,
             f"Parser anomaly {code} seen {len(les)} time(s) in this flow; first: {first.event.detail}",
@@ -399,9 +410,9 @@ def _check_multiplex(ctx: RuleContext, flow: FlowResult, recs: list[ForwardingRe
     seen = 0
     for le in flow.summary.events:
         ev = le.event
-        if isinstance(ev, ImapId):
+        if type(ev) is ImapId:
             id_seen_before.add(ev.seq)
-        if not (isinstance(ev, Reply) and ev.tag == "*" and ev.status == "MULTIPLEX"):
+        if not (type(ev) is Reply and ev.tag == "*" and ev.status == "MULTIPLEX"):
             continue
         seen += 1
         version = ev.text.split(" ", 1)[0] if ev.text else ""
@@ -475,12 +486,12 @@ def _check_imap(ctx: RuleContext, flow: FlowResult, recs: list[ForwardingRecord]
     cmds = command_index(flow)
     for le in flow.summary.events:
         ev = le.event
-        if isinstance(ev, Greeting) and ev.status == "PREAUTH":
+        if type(ev) is Greeting and ev.status == "PREAUTH":
             authed = le
-        elif (isinstance(ev, Reply) and ev.final and ev.status == "OK" and ev.answers is not None
+        elif (type(ev) is Reply and ev.final and ev.status == "OK" and ev.answers is not None
               and ev.answers in cmds and command_of(cmds[ev.answers].cmd).verb in _AUTH_VERBS_IMAP):
             authed = authed or le
-        elif isinstance(ev, ImapId):
+        elif type(ev) is ImapId:
             rid = by_seq.get(ev.seq)
             if rid is None:
                 continue
@@ -532,18 +543,18 @@ def _check_pop3(ctx: RuleContext, flow: FlowResult, recs: list[ForwardingRecord]
             )
     cmds = command_index(flow)
     greeted = False
-    greeting_later = any(isinstance(le.event, Greeting) for le in flow.summary.events)
+    greeting_later = any(type(le.event) is Greeting for le in flow.summary.events)
     after: str | None = None
     for le in flow.summary.events:
         ev = le.event
-        if isinstance(ev, Greeting):
+        if type(ev) is Greeting:
             greeted = True
-        elif (isinstance(ev, Reply) and ev.final and ev.status == "+OK" and ev.answers in cmds
+        elif (type(ev) is Reply and ev.final and ev.status == "+OK" and ev.answers in cmds
               and ev.answers is not None):
             verb = command_of(cmds[ev.answers].cmd).verb
             if verb in _AUTH_VERBS_POP3 and after is None:
                 after = verb
-        elif isinstance(ev, Xclient):
+        elif type(ev) is Xclient:
             rx = by_seq.get(ev.seq)
             if rx is None:
                 continue
@@ -604,10 +615,10 @@ def _check_smtp(ctx: RuleContext, flow: FlowResult, recs: list[ForwardingRecord]
     events = flow.summary.events
     for i, le in enumerate(events):
         ev = le.event
-        if not isinstance(ev, Reply) or not ev.final:
+        if type(ev) is not Reply or not ev.final:
             continue
         if INVALID_FORWARD_TEXT in ev.text:
-            nxt = next((e for e in events[i + 1:] if isinstance(e.event, Reply) and e.event.final), None)
+            nxt = next((e for e in events[i + 1:] if type(e.event) is Reply and e.event.final), None)
             nrep = reply_of(nxt) if nxt is not None else None
             r = by_seq.get(ev.answers) if ev.answers is not None else None
             facts: list[tuple[str, object]] = [

@@ -15,6 +15,7 @@ are chain rules, not here.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterator
 
@@ -37,6 +38,8 @@ CLOCK_SKEW_US = 3600 * 10**6  # our bound: capture host clock ahead of / behind 
 PORT_LOW_BYTE = 0xFF  # early 2.x wrote port >> 16 as the second byte: only the low byte survives
 LMTP_PROXY_DEFAULT_TTL = 5  # lmtp-proxy.c: more :P<n> hops than this means a loop or reset TTLs
 LOGIN_PROTOCOLS = frozenset({"imap", "pop3", "submission"})
+SAME_IP_CACHE_SIZE = 4096  # ours: address comparisons remembered (ipaddress parsing costs ~10 us per address)
+SAME_IP_CACHE_TEXT_MAX = 64  # ours: only texts this short are cached, so the cache stays under 1 MB
 
 EMPTY = RuleInfo("session.empty", Severity.MEDIUM, "Empty session ID (Dovecot 2.4 IMAP: BAD)", "A-C5")
 TOO_LONG = RuleInfo(
@@ -67,6 +70,19 @@ def _too_long_effect(protocol: str, carrier: str) -> str:
 def _same_ip(embedded: str, forwarded: str) -> bool:
     """Same address (IPv4-mapped IPv6 counts as its IPv4); True when the forwarded text is no IP at all
     (the encoding rules report that)."""
+    if embedded == forwarded:  # one text: the same address, or no address at all (True either way)
+        return True
+    if len(embedded) <= SAME_IP_CACHE_TEXT_MAX and len(forwarded) <= SAME_IP_CACHE_TEXT_MAX:
+        return _same_ip_cached(embedded, forwarded)
+    return _compare_ips(embedded, forwarded)
+
+
+@functools.lru_cache(maxsize=SAME_IP_CACHE_SIZE)
+def _same_ip_cached(embedded: str, forwarded: str) -> bool:
+    return _compare_ips(embedded, forwarded)
+
+
+def _compare_ips(embedded: str, forwarded: str) -> bool:
     try:
         a = ipaddress.ip_address(embedded)
         b = ipaddress.ip_address(forwarded)

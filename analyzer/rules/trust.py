@@ -199,6 +199,9 @@ def _dovecot_xclient_range(words: list[str]) -> tuple[Version, Version] | None:
 
 def _collect_versions(flows: Sequence[FlowResult], hosts: set[str]) -> _Versions:
     vers = _Versions()
+    # EHLO/LHLO capability lists repeat from flow to flow (one server, one list): read each distinct one once;
+    # the memo lives for this call and holds at most one entry per Capabilities event
+    ranges: dict[tuple[str, ...], tuple[Version, Version] | None] = {}
     for f in flows:
         s = f.summary
         if s.server.ip not in hosts or not s.events:
@@ -206,7 +209,7 @@ def _collect_versions(flows: Sequence[FlowResult], hosts: set[str]) -> _Versions
         ip, port = s.server.ip, s.server.port
         for le in s.events:
             ev = le.event
-            if isinstance(ev, Reply):
+            if type(ev) is Reply:
                 if ev.tag == "*" and ev.status == "ID":
                     m = _VERSION_RE.search(ev.text)
                     if m is not None:
@@ -217,9 +220,13 @@ def _collect_versions(flows: Sequence[FlowResult], hosts: set[str]) -> _Versions
                     vers.add(ip, port, V2_4_0, _V_MAX)
                 elif ev.final and ev.status == "OK" and IMAP_TRUSTED_OK in ev.text:
                     vers.add(ip, port, V2_4_0, _V_MAX)
-            elif isinstance(ev, Capabilities) and ev.source in ("ehlo", "lhlo"):
-                words = _xclient_words(ev.items)
-                rng = _dovecot_xclient_range(words) if words is not None else None
+            elif type(ev) is Capabilities and ev.source in ("ehlo", "lhlo"):
+                items = ev.items
+                if items in ranges:
+                    rng = ranges[items]
+                else:
+                    words = _xclient_words(items)
+                    rng = ranges[items] = _dovecot_xclient_range(words) if words is not None else None
                 if rng is not None:
                     vers.add(ip, port, rng[0], rng[1])
     return vers
@@ -234,12 +241,12 @@ def _adverts(flow: FlowResult, seqs: set[int]) -> dict[int, _Advert]:
     items: tuple[str, ...] = ()
     for le in flow.summary.events:
         ev = le.event
-        if isinstance(ev, Greeting):
+        if type(ev) is Greeting:
             if not ev.restart and not greeting:
                 greeting, caps = True, ev.capabilities
-        elif isinstance(ev, Capabilities) and ev.source in ("ehlo", "lhlo"):
+        elif type(ev) is Capabilities and ev.source in ("ehlo", "lhlo"):
             ehlo, items = True, ev.items
-        elif isinstance(ev, Command) and ev.seq in seqs and ev.seq not in out:
+        elif type(ev) is Command and ev.seq in seqs and ev.seq not in out:
             out[ev.seq] = _Advert(greeting, caps, ehlo, items)
             if len(out) == len(seqs):
                 break

@@ -19,7 +19,7 @@ from analyzer.forwarding.model import ForwardingRecord
 from analyzer.protocols.base import Capabilities, Reply
 from analyzer.rules import RuleContext
 from analyzer.rules.base import Finding, RuleInfo, Severity
-from analyzer.rules.protocol import command_index, event_finding, flow_of, frames_text, records_by_flow
+from analyzer.rules.protocol import CommandInfo, command_index, event_finding, flow_of, frames_text, records_by_flow
 
 UINT_MAX = 0xFFFFFFFF  # lib/strnum.c str_to_uint(): unsigned int; larger values overflow and are rejected
 LOGIN_FIRST_HOP_TTLS = frozenset({4, 6})  # login-proxy.h LOGIN_PROXY_TTL 5 (<=2.3) / 7 (2.4) minus one on the wire
@@ -92,7 +92,7 @@ def _advertised_ttl(flow: FlowResult | None) -> bool:
         return False
     for le in flow.summary.events:
         ev = le.event
-        if isinstance(ev, Capabilities):
+        if type(ev) is Capabilities:
             for item in ev.items:
                 words = item.upper().split()
                 if words[:1] == ["XCLIENT"] and "TTL" in words[1:]:
@@ -187,14 +187,19 @@ def _loop_replies(ctx: RuleContext) -> Iterator[Finding]:
         recs = [r for r in grouped.get(flow.id, []) if r.forwarding]
         if not recs:
             continue
-        cmds = command_index(flow)
+        cmds: dict[int, CommandInfo] | None = None  # made when a reply needs it (most flows: never)
         first_fwd = min(r.stream_start for r in recs)
         ttls = [r.ttl for r in recs if r.ttl is not None]
         ttl_text = ",".join(str(t) for t in ttls)
         for le in flow.summary.events:
             rep = le.event
-            if not isinstance(rep, Reply) or not rep.final:
+            if type(rep) is not Reply or not rep.final:
                 continue
+            loop = LMTP_LOOP_RE.search(rep.text) is not None
+            if not loop and ACCOUNT_UNAVAILABLE not in rep.text:
+                continue  # the common case: a reply that says nothing of loops (tested first: cheap)
+            if cmds is None:
+                cmds = command_index(flow)
             ci = cmds.get(rep.answers) if rep.answers is not None else None
             cause = ci.cmd if ci is not None else None
             if cause is not None and cause.event.span.start < first_fwd:
@@ -205,12 +210,12 @@ def _loop_replies(ctx: RuleContext) -> Iterator[Finding]:
             if cause is not None:
                 facts.append(("command_frames", frames_text(cause.frames)))
             evidence = cause or le
-            if LMTP_LOOP_RE.search(rep.text):
+            if loop:
                 yield event_finding(
                     ctx, LMTP_LOOP, flow, evidence,
                     f"The LMTP backend answered {rep.status} {rep.text!r}: the proxies loop "
                     f"(forwarded TTL {ttl_text or 'not seen'}).", facts)
-            elif ACCOUNT_UNAVAILABLE in rep.text:
+            else:  # ACCOUNT_UNAVAILABLE in rep.text
                 spent = any(t <= LOGIN_PROXY_MIN_TTL for t in ttls)
                 yield event_finding(
                     ctx, PROXY_REFUSED, flow, evidence,

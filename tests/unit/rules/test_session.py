@@ -138,3 +138,34 @@ def test_random_bytes_never_raise(protocol: str, sid: bytes, port: bytes) -> Non
     ctx = ctx_from_wire(protocol, [(Direction.TO_SERVER, line + b"\r\n")])
     for f in session.check(ctx):
         assert f.rule.startswith("session.")
+
+
+def _reference_same_ip(embedded: str, forwarded: str) -> bool:
+    """session._same_ip before the equal-text shortcut and the cache (HEAD 7890d9f)."""
+    try:
+        a = ipaddress.ip_address(embedded)
+        b = ipaddress.ip_address(forwarded)
+    except ValueError:
+        return True
+    if isinstance(b, ipaddress.IPv6Address) and b.ipv4_mapped is not None:
+        b = b.ipv4_mapped
+    if isinstance(a, ipaddress.IPv6Address) and a.ipv4_mapped is not None:
+        a = a.ipv4_mapped
+    return a == b
+
+
+_IP_TEXTS = st.one_of(
+    st.ip_addresses().map(str),
+    st.ip_addresses(v=4).map(lambda a: f"::ffff:{a}"),
+    st.sampled_from(["192.0.2.1", "::ffff:192.0.2.1", "::ffff:c000:201", "192.0.2.01", "", "x"]),
+    st.text(max_size=80),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(a=_IP_TEXTS, b=_IP_TEXTS)
+def test_same_ip_matches_ipaddress(a: str, b: str) -> None:
+    _same_ip = session._same_ip
+    assert _same_ip(a, b) == _reference_same_ip(a, b)
+    assert _same_ip(a, a) == _reference_same_ip(a, a)
+    assert _same_ip(a, b) == _reference_same_ip(a, b)  # from the cache
