@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import final
 
 from analyzer.model import Endpoint
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class ParamDetail:
     """How one parameter looked on the wire (for limit and encoding rules)."""
 
@@ -24,7 +26,8 @@ class ParamDetail:
     problems: tuple[str, ...]  #: decoding problems of this parameter
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class ForwardVar:
     """One decoded forward variable (x-forward-<name>, FORWARD= blob entry, XRCPTFORWARD entry)."""
 
@@ -33,7 +36,8 @@ class ForwardVar:
     origin: str  #: "x-forward", "FORWARD" or "XRCPTFORWARD"
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class Reply:
     """The server's answer to the command."""
 
@@ -43,7 +47,8 @@ class Reply:
     ts_ns: int
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class ForwardingRecord:
     """One IMAP ID (forwarding or not), XCLIENT/XOIP, XRCPTFORWARD or XFORWARD command."""
 

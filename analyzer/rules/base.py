@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import final
 
 
 class Severity(enum.IntEnum):
@@ -33,7 +34,8 @@ class RuleInfo:
     spec: str | None  #: spec code it implements (``A-I2``), or None for a rule of our own
 
 
-@dataclass(frozen=True, slots=True)
+@final
+@dataclass(slots=True, unsafe_hash=True)
 class Finding:
     """One thing an investigator should look at, pointing back into the capture."""
 
