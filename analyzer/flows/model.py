@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from analyzer.model import Endpoint
@@ -45,8 +46,15 @@ class FlowSummary:
     #: bytes dropped because they lie at or beyond the direction's FIN
     after_fin_bytes_to_server: int = 0
     after_fin_bytes_to_client: int = 0
-    events: list[LocatedEvent] = field(default_factory=list)  #: dissected events, in capture order
+    #: dissected events, in capture order: the first flows.table.EVENTS_KEPT_FIRST, then only those the
+    #: records and rules need (flows.table._Retention); the others are counted below. The engine makes
+    #: it a list at the first event; a flow without events shares the empty tuple (a flood of one-SYN
+    #: flows would otherwise pay an empty list each)
+    events: Sequence[LocatedEvent] = ()
     streams: dict[str, list[tuple[str, int, Any]]] | None = None  #: raw delivery log (tests only)
+    events_elided: int = 0  #: located events not kept in ``events`` (commands_elided + replies_elided)
+    commands_elided: int = 0  #: plain client commands not kept (NOOP, FETCH, RCPT without forwarding ...)
+    replies_elided: int = 0  #: server replies not kept (answers to those commands, untagged data ...)
 
 
 @dataclass(slots=True)

@@ -71,10 +71,11 @@ Strategy:
   three array appends, a bytearray append for the history, and no copy of the
   payload (the same ``bytes`` object is returned). ``release()`` of a stream with
   nothing held returns at once. A new stream allocates little (a flow table makes
-  two per connection, and keeps hundreds of thousands): the held-key set and the
-  gap columns are shared empty objects until the first piece is held or the
-  first gap declared. ``frames_and_ts`` gives an event's frames and timestamp
-  with one bisect.
+  two per connection, and keeps hundreds of thousands): the held-key set and
+  dict, the gap columns, the run list and the conflict list are shared empty
+  objects until first needed (the flow table, for its part, makes no stream at
+  all for a direction that carries nothing). ``frames_and_ts`` gives an event's
+  frames and timestamp with one bisect.
 """
 
 from __future__ import annotations
@@ -237,6 +238,11 @@ _EMPTY_Q: Final = array("q")  # copied (a slice is three times cheaper than arra
 #: (most never do). The only writers, _hold and _gap, replace them with fresh objects first.
 _NO_KEYS: Final = _SortedInts()
 _NO_GAPS: Final = array("q")
+#: Shared empty containers in the same way: the held pieces (replaced by _hold), the pieces of the
+#: current run (replaced by _deliver) and the conflict list (replaced by _compare).
+_NO_HELD: Final[dict[int, tuple[bytes, int, int]]] = {}
+_NO_RUN: Final[list[bytes]] = []
+_NO_CONFLICTS: Final[list[tuple[int, int]]] = []
 
 
 class HalfStream:
@@ -297,7 +303,7 @@ class HalfStream:
         self.gaps = 0  #: number of gap items emitted
         self.gap_bytes = 0  #: total length of the gap items emitted
         self.retransmitted_bytes = 0  #: bytes received again that were already delivered or held
-        self.conflicts: list[tuple[int, int]] = []  #: (offset, length) of differing overlaps, first 100
+        self.conflicts: list[tuple[int, int]] = _NO_CONFLICTS  #: (offset, length) of differing overlaps, first 100
         self.conflict_count = 0  #: number of overlaps whose content differed from the kept bytes
         self.ooo_bytes = 0  #: bytes currently held out of order
         self.out_of_window = 0  #: segments and FINs dropped for being more than MAX_WINDOW away
@@ -308,7 +314,7 @@ class HalfStream:
         self._next_seq = 0  # sequence number of next_offset (valid once based)
         self._fin: int | None = None  # position of the FIN
         self._keys = _NO_KEYS  # positions of held pieces (the shared empty set until the first hold)
-        self._held: dict[int, tuple[bytes, int, int]] = {}  # position -> (bytes, frame, ts_ns)
+        self._held: dict[int, tuple[bytes, int, int]] = _NO_HELD  # position -> (bytes, frame, ts_ns)
         self._hist = bytearray()  # the last delivered bytes, covering [_hist_start, next_offset)
         self._hist_start = 0
         self._hist_max = history_bytes if history_bytes > 0 else 0
@@ -319,7 +325,7 @@ class HalfStream:
         self._gap_start: array[int] = _NO_GAPS  # declared gaps, sorted (shared empty array until the first)
         self._gap_end: array[int] = _NO_GAPS
         self._gap_head = 0
-        self._run: list[bytes] = []  # pieces delivered by the current call, not yet emitted
+        self._run: list[bytes] = _NO_RUN  # pieces delivered by the current call, not yet emitted
         self._run_start = 0
 
     # ------------------------------------------------------------------ input
@@ -624,6 +630,8 @@ class HalfStream:
     def _hold(self, pos: int, data: bytes, frame: int, ts_ns: int) -> None:
         if self._keys is _NO_KEYS:
             self._keys = _SortedInts()
+        if self._held is _NO_HELD:
+            self._held = {}
         self._keys.add(pos)
         self._held[pos] = (data, frame, ts_ns)
         self.ooo_bytes += len(data)
@@ -636,6 +644,8 @@ class HalfStream:
             hi = _last_diff(new, kept, lo) + 1
             self.conflict_count += 1
             if len(self.conflicts) < MAX_CONFLICTS_KEPT:
+                if self.conflicts is _NO_CONFLICTS:
+                    self.conflicts = []
                 self.conflicts.append((pos + lo, hi - lo))
 
     def _account_old(self, pos: int, data: bytes) -> None:
@@ -685,9 +695,12 @@ class HalfStream:
                 cut = len(h) - self._hist_max
                 del h[:cut]
                 self._hist_start += cut
-        if not self._run:
+        run = self._run
+        if not run:
             self._run_start = pos
-        self._run.append(data)
+            if run is _NO_RUN:
+                run = self._run = []
+        run.append(data)
         self.next_offset = pos + n
         self._next_seq = (self._next_seq + n) & SEQ_MASK
 

@@ -53,6 +53,15 @@ Every limit hit is counted in :attr:`CaptureStats.limits` and listed per flow in
 out-of-order bound forced a gap). Between two housekeeping passes the table can grow
 by at most :data:`HOUSEKEEPING_EVERY` flows, so it never exceeds the caps by more.
 
+Event retention (issue 6): a flow keeps its first :data:`EVENTS_KEPT_FIRST` located
+events; past them it keeps only what the record builder and the rules read (see
+:class:`_Retention`) and counts the plain commands and replies it drops
+(``FlowSummary.events_elided``), so a flow of a million NOOPs costs a constant, not a
+million events. No rule result changes: every event a rule looks at, and every
+event whose presence or position a rule's answer depends on, is kept. A flow that
+never carries data in a direction never creates that direction's
+:class:`~analyzer.flows.reassembly.HalfStream` (a one-SYN flow holds neither).
+
 The same per-packet logic serves three entry points: :meth:`Engine.run` (the whole
 capture in one process), :meth:`Engine.run_decoded` (already decoded packets of a
 subset of the flows, with the housekeeping instants of the whole capture: the flow
@@ -65,18 +74,23 @@ from __future__ import annotations
 import hashlib
 import heapq
 import ipaddress
+import re
 import struct
+from array import array
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from analyzer.capture.decode import Decoder
-from analyzer.config import MAIL_PORTS, Limits, Settings
+from analyzer.config import MAIL_PORTS, Settings
 from analyzer.flows.model import FlowSummary
 from analyzer.flows.reassembly import HalfStream
 from analyzer.model import Direction, Endpoint
 from analyzer.protocols import detect, is_tls_record, make_parser
-from analyzer.protocols.base import Event, LocatedEvent, Parser, TlsStarted
+from analyzer.protocols.base import (
+    Anomaly, Command, Event, ImapId, LocatedEvent, Parser, RcptForward, Reply, TlsStarted, Xclient, Xforward,
+)
 
 TH_FIN = 0x01  # TCP flags (RFC 9293)
 TH_SYN = 0x02
@@ -102,6 +116,10 @@ MAX_TRACKED_FLOWS = 1 << 18
 #: when out-of-order bytes exceed Limits.total_buffer_bytes, holders are flushed down to this share of it
 _BUFFER_RELIEF = 0.75
 
+#: server endpoints and client address texts shared between flows' summaries (ours: the cache is
+#: emptied when it reaches this size, so a flood of distinct addresses costs at most ~0.5 MB here)
+SHARED_ENDPOINTS_MAX = 1 << 12
+
 #: closed flows stay in the table this long (capture time) to collect stragglers (2 x MSL)
 _CLOSED_LINGER_NS = 120 * 10**9
 
@@ -110,6 +128,196 @@ Decoded = tuple[int, int, bytes, int, int, int, bytes]
 
 #: stands for the half-streams of a closed flow (never fed: a closed flow only counts packets)
 _RELEASED = HalfStream(max_ooo_bytes=0, max_ooo_segments=0, history_bytes=0)
+#: stands for a direction that has carried no payload and no FIN yet (never fed: replaced by a
+#: real HalfStream, with the SYN replayed, before the first segment or FIN of that direction)
+_UNUSED = HalfStream(max_ooo_bytes=0, max_ooo_segments=0, history_bytes=0)
+
+# ---------------------------------------------------------------------------------------------- event retention
+
+#: located events every flow keeps, whatever they are (ours: a readable head of the conversation)
+EVENTS_KEPT_FIRST = 256
+#: dropped commands remembered until their final reply, in case that reply needs them (ours: pipelining depth)
+DROPPED_COMMANDS_REMEMBERED = 64
+#: commands kept after each STARTTLS/STLS (rules/protocol.py MAX_LISTED: injected commands a finding lists)
+KEPT_AFTER_STARTTLS = 50
+#: verbs whose commands are always kept, with the replies that answer them (rules/protocol.py
+#: CARRIER_VERBS, _AUTH_VERBS_IMAP, _AUTH_VERBS_POP3, _TX_RESET; STARTTLS/STLS and the SMTP
+#: transaction verbs that _check_smtp's state machine reads)
+KEPT_VERBS = frozenset({
+    "ID", "XCLIENT", "XOIP", "XFORWARD",
+    "STARTTLS", "STLS",
+    "LOGIN", "AUTHENTICATE",
+    "USER", "PASS", "APOP", "AUTH",
+    "MAIL", "RSET", "EHLO", "HELO", "LHLO", "DATA", "BDAT",
+})
+#: (tag, verb) of Dovecot's fixed IMAP proxy tags (rules/protocol.py DOVECOT_PROXY_TAGS: forwarding_expected)
+KEPT_TAGGED = frozenset({("I", "ID"), ("S", "STARTTLS"), ("C", "CAPABILITY"), ("L", "LOGIN"), ("L", "AUTHENTICATE")})
+#: untagged IMAP replies always kept (rules/trust.py _collect_versions, rules/protocol.py _check_multiplex)
+KEPT_UNTAGGED = frozenset({"ID", "MULTIPLEX"})
+#: reply texts always kept, with the command they answer: rules/limits.py OVERFLOW_REPLY_RE (via
+#: rules/protocol.py), rules/ttl.py LMTP_LOOP_RE and ACCOUNT_UNAVAILABLE, rules/protocol.py INVALID_FORWARD_TEXT
+#: and forwarding_expected's "ID completed" (which also covers rules/trust.py IMAP_TRUSTED_OK)
+NOTABLE_REPLY_RE = re.compile(
+    r"Input buffer full|Line too long|Literal size too large|command too long|attribute value too long"
+    r"|Proxying appears to be looping|Proxying loops to itself|Account is temporarily unavailable"
+    r"|ID completed|Invalid FORWARD parameter"
+)
+#: ... and replies whose upper-cased text holds this (rules/trust.py REFERRAL, counted by rules/chainrules.py)
+NOTABLE_REPLY_UPPER = "[REFERRAL"
+#: a final reply with this text makes the next final reply needed too (rules/protocol.py INVALID_FORWARD_TEXT)
+_INVALID_FORWARD = "Invalid FORWARD parameter"
+_CARRIERS = (ImapId, Xclient, Xforward, RcptForward)
+
+
+class _Retention:
+    """Which events a flow past :data:`EVENTS_KEPT_FIRST` keeps (created when it gets there).
+
+    Strategy: the decision is made as each event arrives, from the event and a few flags,
+    so that the kept list gives every rule the answer the full list gives:
+
+    * always kept: greetings, capabilities, anomalies, TLS, the carrier events, commands
+      with a :data:`KEPT_VERBS` verb or a :data:`KEPT_TAGGED` proxy tag, and replies that
+      answer such a command until its first final reply (the record builder's reply, the
+      command index's reply), or that are :data:`KEPT_UNTAGGED` or match
+      :data:`NOTABLE_REPLY_RE`;
+    * kept because of what came before (a flag): the first command that is not an XCLIENT
+      after an XCLIENT (A-S6 "next command"), the first :data:`KEPT_AFTER_STARTTLS` commands
+      after a STARTTLS/STLS (the injected commands), the first final reply after an
+      ``Invalid FORWARD parameter`` reply (A-S8 "next reply"), the first event with frames
+      after an anomaly (a gap finding's "first frame after the gap");
+    * kept because of what comes after: a notable reply names the command it answers (or,
+      failing that, the last command before it), and a carrier event needs its own command
+      (an LMTP ``RCPT`` with ``XRCPTFORWARD=``). The last :data:`DROPPED_COMMANDS_REMEMBERED`
+      dropped commands still waiting for a final reply, and the last command, are
+      remembered and put back in place (by arrival number) when that happens.
+
+    Everything else is dropped and counted in the summary's ``commands_elided`` and
+    ``replies_elided``. Only when more than :data:`DROPPED_COMMANDS_REMEMBERED` plain commands
+    are pipelined ahead of a notable reply can a rule see less than the full list would show.
+    """
+
+    __slots__ = ("base", "seen", "ords", "wanted", "pending", "last_cmd", "after_tls", "xclient_next",
+                 "final_next", "frames_next", "notable")
+
+    def __init__(self, kept: list[LocatedEvent]) -> None:
+        """Start deciding after ``kept``, the flow's head (every event so far, all kept)."""
+        self.base = len(kept)  #: length of the head: kept[base:] are the events decided here
+        self.seen = 0  #: events located so far (arrival number of the next one)
+        self.ords = array("q")  #: arrival numbers of kept[base:], ascending
+        self.wanted: set[int] = set()  #: seqs of always-kept commands still without a final reply
+        #: seq -> (arrival, dropped command, seq), oldest first
+        self.pending: dict[int, tuple[int, LocatedEvent, int]] = {}
+        self.last_cmd: tuple[int, LocatedEvent, int] | None = None  #: the last command, when it was dropped
+        self.after_tls = 0  #: commands still to keep after the last STARTTLS/STLS
+        self.xclient_next = False  #: keep the next command that is not an XCLIENT
+        self.final_next = False  #: keep the next final reply
+        self.frames_next = False  #: keep the next event that has frames
+        self.notable = False  #: the last event decided was a notable reply (it needs its command)
+        for le in kept:  # the head is kept whole: only the flags and the wanted set are wanted from it
+            self._decide(le)
+        self.last_cmd = None
+
+    def _decide(self, le: LocatedEvent) -> bool:
+        """Whether to keep the next event (updating the flags as if it were kept)."""
+        self.seen += 1
+        ev = le.event
+        keep = True
+        self.notable = False
+        if isinstance(ev, Command):
+            verb = ev.verb
+            keep = verb in KEPT_VERBS or (ev.tag, verb) in KEPT_TAGGED
+            if keep:
+                self.wanted.add(ev.seq)
+            if self.after_tls:
+                self.after_tls -= 1
+                keep = True
+            if verb == "XCLIENT":
+                self.xclient_next = True
+            elif self.xclient_next:
+                self.xclient_next = False
+                keep = True
+            if verb == "STARTTLS" or verb == "STLS":
+                self.after_tls = KEPT_AFTER_STARTTLS
+        elif isinstance(ev, Reply):
+            answers = ev.answers
+            keep = False
+            if answers is not None and answers in self.wanted:
+                keep = True
+                if ev.final:
+                    self.wanted.discard(answers)
+            if ev.final:
+                if self.final_next:
+                    self.final_next = False
+                    keep = True
+                if _INVALID_FORWARD in ev.text:
+                    self.final_next = True
+            text = ev.text
+            if (ev.tag == "*" and ev.status in KEPT_UNTAGGED) or NOTABLE_REPLY_RE.search(text) is not None or (
+                    NOTABLE_REPLY_UPPER in text.upper()):
+                keep = self.notable = True
+        elif isinstance(ev, _CARRIERS):
+            self.wanted.add(ev.seq)
+        if self.frames_next and le.frames:
+            self.frames_next = False
+            keep = True
+        if isinstance(ev, Anomaly):
+            self.frames_next = True
+        return keep
+
+    def add(self, le: LocatedEvent, kept: list[LocatedEvent], s: FlowSummary) -> None:
+        """Keep or drop the next located event of the flow."""
+        arrival = self.seen
+        keep = self._decide(le)
+        ev = le.event
+        if isinstance(ev, Reply):
+            answers = ev.answers
+            if self.notable:
+                if answers is not None:
+                    self._restore_seq(answers, kept, s)
+                if self.last_cmd is not None:
+                    self._restore(self.last_cmd, kept, s)
+            if ev.final and answers is not None:
+                self.pending.pop(answers, None)
+        elif isinstance(ev, _CARRIERS):
+            self._restore_seq(ev.seq, kept, s)
+        if keep:
+            kept.append(le)
+            self.ords.append(arrival)
+            if isinstance(ev, Command):
+                self.last_cmd = None
+            return
+        s.events_elided += 1
+        if isinstance(ev, Command):
+            s.commands_elided += 1
+            item = (arrival, le, ev.seq)
+            self.last_cmd = item
+            pending = self.pending
+            pending[ev.seq] = item
+            if len(pending) > DROPPED_COMMANDS_REMEMBERED:
+                del pending[next(iter(pending))]
+        else:
+            s.replies_elided += 1
+
+    def _restore_seq(self, seq: int, kept: list[LocatedEvent], s: FlowSummary) -> None:
+        """Put back the dropped command with this seq, if it is still remembered."""
+        item = self.pending.get(seq)
+        if item is None and self.last_cmd is not None and self.last_cmd[2] == seq:
+            item = self.last_cmd
+        if item is not None:
+            self._restore(item, kept, s)
+
+    def _restore(self, item: tuple[int, LocatedEvent, int], kept: list[LocatedEvent], s: FlowSummary) -> None:
+        """Put a dropped command back at its place among the kept events."""
+        arrival, le, seq = item
+        if self.pending.get(seq) is item:
+            del self.pending[seq]
+        if self.last_cmd is item:
+            self.last_cmd = None
+        i = bisect_left(self.ords, arrival)
+        kept.insert(self.base + i, le)
+        self.ords.insert(i, arrival)
+        s.events_elided -= 1
+        s.commands_elided -= 1
 
 
 class _Marker:
@@ -137,18 +345,18 @@ class _Flow:
 
     __slots__ = (
         "ckey", "skey", "summary", "c2s", "s2c", "parser", "protocol", "port_hint", "stopped",
-        "fin_c", "fin_s", "isn_c", "isn_s", "last_ts", "streams", "decided", "closed", "serial", "held",
+        "fin_c", "fin_s", "isn_c", "isn_s", "last_ts", "streams", "decided", "closed", "serial", "held", "ret",
     )
 
-    def __init__(self, ckey: bytes, skey: bytes, summary: FlowSummary, limits: Limits,
+    def __init__(self, ckey: bytes, skey: bytes, summary: FlowSummary,
                  port_hint: str | None, keep_streams: bool, serial: int) -> None:
         self.ckey = ckey
         self.skey = skey
         self.summary = summary
-        self.c2s = HalfStream(max_ooo_bytes=limits.ooo_bytes_per_direction,
-                              max_ooo_segments=limits.ooo_segments_per_direction, history_bytes=limits.history_bytes)
-        self.s2c = HalfStream(max_ooo_bytes=limits.ooo_bytes_per_direction,
-                              max_ooo_segments=limits.ooo_segments_per_direction, history_bytes=limits.history_bytes)
+        # _UNUSED until the direction's first payload or FIN (Engine._open_stream): most flows of a
+        # flood never carry any, and a HalfStream with its frame map costs about 600 bytes
+        self.c2s = _UNUSED
+        self.s2c = _UNUSED
         self.parser: Parser | None = None
         self.protocol = port_hint
         self.port_hint = port_hint
@@ -165,6 +373,7 @@ class _Flow:
         self.closed = False  # ended by FIN/RST: later packets only counted (TIME_WAIT stragglers)
         self.serial = serial  # creation order in this engine (tie-breaker of the caps)
         self.held = 0  # out-of-order bytes both half-streams held after the last packet
+        self.ret: _Retention | None = None  # event retention, from the EVENTS_KEPT_FIRST-th event on
 
 
 def _ip_text(raw: bytes) -> str:
@@ -278,6 +487,8 @@ class Engine:
         self._max_flows = lim.max_flows
         self._max_tracked_keys = 2 * max_tracked_flows
         self._buffer_cap = lim.total_buffer_bytes
+        self._servers: dict[bytes, Endpoint] = {}  # server address + port -> shared Endpoint
+        self._ips: dict[bytes, str] = {}  # client address -> shared text
         self._reset(0)
 
     def _reset(self, capture_index: int) -> None:
@@ -522,24 +733,23 @@ class Engine:
         hint = MAIL_PORTS.get(server_port) if server_port in ports else None
         first_frame = st.frame if st is not None else frame
         first_ts = st.ts if st is not None else ts
+        client, server = self._endpoints(client_key)
         summary = FlowSummary(
             capture=capture_index, key=(capture_index, first_frame),
-            client=_endpoint(client_key, True), server=_endpoint(client_key, False),
+            client=client, server=server,
             protocol=hint, detected_by=detected_by, saw_syn=False, first_frame=first_frame, last_frame=frame,
             first_ts_ns=first_ts, last_ts_ns=ts, packets_to_server=0, packets_to_client=0, bytes_to_server=0,
             bytes_to_client=0, gaps_to_server=0, gaps_to_client=0, gap_bytes_to_server=0, gap_bytes_to_client=0,
             retransmitted_bytes=0, overlap_conflicts=0, ended="eof", tls=None,
         )
         self._serial += 1
-        fl = _Flow(client_key, skey, summary, self.settings.limits, hint, self.keep_streams, self._serial)
+        fl = _Flow(client_key, skey, summary, hint, self.keep_streams, self._serial)
         if st is not None:
-            # replay the pending SYN / SYN-ACK sequence numbers
+            # the pending SYN / SYN-ACK sequence numbers (given to each half-stream when it opens)
             for k, isn in st.isn.items():
                 if k == client_key:
-                    fl.c2s.syn(isn)
                     fl.isn_c = isn
                 else:
-                    fl.s2c.syn(isn)
                     fl.isn_s = isn
                 summary.saw_syn = True
         table[client_key] = fl
@@ -547,6 +757,25 @@ class Engine:
         self._live[fl.serial] = fl
         stats.flows_of_interest += 1
         return fl
+
+    def _endpoints(self, client_key: bytes) -> tuple[Endpoint, Endpoint]:
+        """(client, server) of a new flow; server endpoints and client address texts are shared between flows."""
+        n = 4 if len(client_key) == 12 else 16
+        servers = self._servers
+        skey = client_key[n : 2 * n] + client_key[2 * n + 2 :]  # server address and port
+        server = servers.get(skey)
+        if server is None:
+            if len(servers) >= SHARED_ENDPOINTS_MAX:
+                servers.clear()
+            server = servers[skey] = _endpoint(client_key, False)
+        ips = self._ips
+        raw = client_key[:n]
+        ip = ips.get(raw)
+        if ip is None:
+            if len(ips) >= SHARED_ENDPOINTS_MAX:
+                ips.clear()
+            ip = ips[raw] = _ip_text(raw)
+        return Endpoint(ip, _U16.unpack_from(client_key, 2 * n)[0]), server
 
     def _ignore(self, key: bytes) -> None:
         table = self._table
@@ -592,10 +821,12 @@ class Engine:
             if to_server:
                 if fl.isn_c is None:
                     fl.isn_c = seq
-                    fl.c2s.syn(seq)
+                    if fl.c2s is not _UNUSED:
+                        fl.c2s.syn(seq)
             elif fl.isn_s is None:
                 fl.isn_s = seq
-                fl.s2c.syn(seq)
+                if fl.s2c is not _UNUSED:
+                    fl.s2c.syn(seq)
             fl.summary.saw_syn = True
         s = fl.summary
         s.last_frame = frame
@@ -617,6 +848,8 @@ class Engine:
             rel = other.release()
             if rel:
                 self._deliver(fl, d.other, other, rel)
+            if hs is _UNUSED:
+                hs = self._open_stream(fl, to_server)
             gaps = hs.gaps
             out = hs.segment(seq, payload, frame, ts)
             if out:
@@ -624,6 +857,8 @@ class Engine:
                     self._limit(fl, "ooo_per_direction")
                 self._deliver(fl, d, hs, out)
         if flags & TH_FIN:
+            if hs is _UNUSED:
+                hs = self._open_stream(fl, to_server)
             out = hs.fin(seq + len(payload))
             if out:
                 self._deliver(fl, d, hs, out)
@@ -645,6 +880,20 @@ class Engine:
                 self._stats.peak_buffer_bytes = self._held
             if self._held > self._buffer_cap:
                 self._relieve_buffers()
+
+    def _open_stream(self, fl: _Flow, to_server: bool) -> HalfStream:
+        """The real half-stream of a direction about to carry its first payload or FIN (SYN replayed)."""
+        lim = self.settings.limits
+        hs = HalfStream(max_ooo_bytes=lim.ooo_bytes_per_direction, max_ooo_segments=lim.ooo_segments_per_direction,
+                        history_bytes=lim.history_bytes)
+        isn = fl.isn_c if to_server else fl.isn_s
+        if isn is not None:
+            hs.syn(isn)
+        if to_server:
+            fl.c2s = hs
+        else:
+            fl.s2c = hs
+        return hs
 
     # ------------------------------------------------------------------ delivery to the parser
     def _deliver(self, fl: _Flow, d: Direction, hs: HalfStream, out: list[tuple[str, int, Any]]) -> None:
@@ -710,7 +959,13 @@ class Engine:
             fl.parser = make_parser(proto, max_line=self._max_line, midstream=midstream)
 
     def _locate(self, fl: _Flow, events: list[Event]) -> None:
-        out = fl.summary.events
+        s = fl.summary
+        kept = s.events
+        if isinstance(kept, list):
+            out = kept
+        else:
+            out = []
+            s.events = out
         for ev in events:
             span = ev.span
             hs = fl.c2s if span.direction is Direction.TO_SERVER else fl.s2c
@@ -718,7 +973,15 @@ class Engine:
             if len(frames) > MAX_EVENT_FRAMES:
                 frames = frames[: MAX_EVENT_FRAMES - 1] + frames[-1:]
             ts = hs.ts_for(span.start)
-            out.append(LocatedEvent(ev, frames, ts if ts is not None else fl.last_ts))
+            le = LocatedEvent(ev, frames, ts if ts is not None else fl.last_ts)
+            ret = fl.ret
+            if ret is not None:
+                ret.add(le, out, s)
+            elif len(out) < EVENTS_KEPT_FIRST:
+                out.append(le)
+            else:
+                fl.ret = ret = _Retention(out)
+                ret.add(le, out, s)
             if isinstance(ev, TlsStarted):
                 fl.stopped = True
                 fl.summary.tls = "starttls"
@@ -805,6 +1068,7 @@ class Engine:
             fl.c2s = fl.s2c = _RELEASED
             fl.parser = None
             fl.streams = None
+            fl.ret = None
 
     def _housekeep(self, frame: int, now: int) -> None:
         """Idle expiry and the caps, before frame ``frame`` (capture time ``now``)."""
@@ -871,28 +1135,38 @@ class Scanner:
 
     Strategy: the scanner cannot know the state a flow was in when its range began, so
     it forwards every packet that could matter to :meth:`Engine.run_decoded` under any
-    state, and drops only packets that the engine would drop without effect:
+    state, and drops only packets that the engine would drop without effect. For each
+    directional key it keeps a state that says what the engine's entry for that key can
+    be (the engine's entry: absent, pending, ignored in the current generation, ignored
+    in the previous generation, or a flow of interest); no entry means "anything":
 
     * packets with a mail port on either side (or every packet with ``all_tcp``) are
       always forwarded (their partition is cached in the table until the next
-      housekeeping frame);
-    * other flows are *undecided* until their first payload, and forwarded meanwhile
-      (SYNs, ACKs and FINs of a pending flow, or of a flow of interest that began earlier);
-      the first payload is tested with :func:`~analyzer.protocols.detect` in both
-      directions (the engine tests one direction, or both: a subset): a match makes the
-      flow *interesting* (forwarded until the range ends), else (and always when content
-      detection is off) it is *ignored*;
-    * an ignored flow forwards its FIN/RST (the engine forgets it there, and so does
-      the scanner) and the first packet of each direction after each housekeeping frame
-      (the engine may have started a new generation there and must see the flow
-      again); ignored keys not seen between two housekeeping frames are forgotten, so
-      the scanner forgets at least whenever the engine does, and an undecided flow
-      only forwards more.
+      housekeeping frame); so is every packet of a flow picked by content (below) or
+      ``forced``;
+    * a packet of a key without entry is forwarded. If it carries payload, the payload is
+      tested with :func:`~analyzer.protocols.detect` in both directions (the engine tests
+      one direction, or both: a subset): a match makes the flow *interesting* (forwarded
+      until the range ends); else (and always when content detection is off) the key is
+      *ignored*: the engine's entry is now "ignored, current generation" whatever it was
+      (a decision, or a refresh), so later packets of that key are dropped (FIN/RST
+      excepted: the engine forgets both keys there, and so does the scanner);
+    * the reverse key of a key just ignored becomes *half-known* (absent, or ignored in
+      either generation: the engine's decision marks both keys, a refresh marks one). A
+      half-known key forwards its payloads and SYNs (the engine may decide, or create a
+      pending entry that also replaces the other key's: both keys lose their entry in
+      the scanner), and its first bare packet after each housekeeping frame (it may
+      refresh an ignored entry of the previous generation); its other bare packets are
+      dropped (on an absent or current entry they change nothing);
+    * at each housekeeping frame (a superset of the engine's generation changes) the
+      ignored and half-known entries age one generation; entries of the previous
+      generation not seen since are forgotten (back to "anything"), as are cached port
+      entries.
 
     The one case this cannot cover: a flow of interest picked by content in an earlier
-    range, still open here, whose first payload in this range does not look like mail.
-    The scanner reports the keys it ignored (hashed) and the keys it picked by content;
-    the caller intersects, and scans the range again with the conflicting keys
+    range, still in the engine's table here, whose first payload in this range does not
+    look like mail. The scanner reports the keys it ignored (hashed) and the keys it picked
+    by content; the caller intersects, and scans the range again with the conflicting keys
     ``forced`` to be interesting from the start.
     """
 
@@ -907,7 +1181,8 @@ class Scanner:
         res = ScanResult()
         parts = self.parts
         # table values: an int (forward to that partition: a mail-port key, cached until the next
-        # housekeeping frame, or a key picked by content, kept: in ``sticky``) or an ignored marker
+        # housekeeping frame, or a key picked by content, kept: in ``sticky``), an ignored marker
+        # (current or previous generation) or a half-known marker (current or previous generation)
         table: dict[bytes, Any] = {}
         sticky: set[bytes] = set()
         for ck in self.forced:
@@ -917,6 +1192,8 @@ class Scanner:
                 sticky.add(k)
         ignored = _Marker()
         ignored_old = _Marker()
+        half = _Marker()
+        half_old = _Marker()
         ports = self.settings.ports
         all_tcp = self.settings.all_tcp
         content = self.settings.content_detection
@@ -939,11 +1216,13 @@ class Scanner:
             if frame >= next_housekeeping:
                 next_housekeeping = frame + HOUSEKEEPING_EVERY
                 hk.append((frame, ts))
-                for k in [k for k, v in table.items() if v is ignored_old or (
+                for k in [k for k, v in table.items() if v is ignored_old or v is half_old or (
                         v.__class__ is int_cls and k not in sticky)]:
                     del table[k]
                 ignored_old = ignored
                 ignored = _Marker()
+                half_old = half
+                half = _Marker()
             if linktype == LINKTYPE_ETHERNET and data[12:14] == _ETH_IPV4 and len(data) >= 54 and data[14] == 0x45 \
                     and not (data[20] & 0x3F or data[21]):
                 if data[23] != _IPPROTO_TCP:
@@ -996,37 +1275,66 @@ class Scanner:
                 st = table.get(key)
             if st.__class__ is int_cls:
                 part = st
-            elif st is None:
-                part = partition_of(key, parts)
-                sport, dport = _ports(key)
-                if all_tcp or sport in ports or dport in ports:
-                    table[key] = part
-                else:
+            elif st is ignored or st is ignored_old:
+                # the engine's entry is ignored (either generation): FIN/RST forgets both keys, anything
+                # else refreshes this one
+                if flags & _FIN_RST:
+                    table.pop(key, None)
                     rev = _reverse(key)
-                    if flags & _FIN_RST and table.get(rev).__class__ is _Marker:
-                        # this direction was forgotten here, the other one is ignored: the engine
-                        # may still have both as ignored and forget both now, so the scanner must
-                        del table[rev]
-                    if not payload:
-                        pass
-                    elif content and (detect(payload, to_server, None) is not None or
+                    if table.get(rev).__class__ is not int_cls:
+                        table.pop(rev, None)
+                elif st is ignored:
+                    continue
+                else:
+                    table[key] = ignored
+                part = partition_of(key, parts)
+            else:  # no entry (anything) or half-known (absent or ignored)
+                part = partition_of(key, parts)
+                if st is None and (all_tcp or _ports_hit(key, ports)):
+                    table[key] = part
+                elif payload:
+                    rev = _reverse(key)
+                    if content and (detect(payload, to_server, None) is not None or
                                     detect(payload, to_client, None) is not None):
                         table[key] = table[rev] = part
                         sticky.add(key)
                         sticky.add(rev)
                         picked.add(canonical_key(key))
                     else:
-                        table[key] = table[rev] = ignored
                         dropped.add(key_hash(canonical_key(key)))
-            else:  # ignored: FIN/RST, or the first packet of this direction since the last housekeeping frame
-                if st is ignored and not flags & _FIN_RST:
-                    continue
-                if flags & _FIN_RST:
-                    table.pop(key, None)
-                    table.pop(_reverse(key), None)
-                else:
-                    table[key] = ignored
-                part = partition_of(key, parts)
+                        rv = table.get(rev)
+                        if flags & _FIN_RST:
+                            # a decision ignores both keys (the FIN is not looked at), a refresh
+                            # forgets both: each key is absent or ignored (current generation)
+                            table[key] = half
+                            if rv.__class__ is not int_cls:
+                                table[rev] = half
+                        else:
+                            table[key] = ignored
+                            if rv is None:
+                                table[rev] = half_old
+                elif flags & TH_SYN:
+                    # an absent key becomes pending, replacing the reverse key's entry too
+                    if st is not None:
+                        del table[key]
+                    rev = _reverse(key)
+                    rv = table.get(rev)
+                    if rv is not None and rv.__class__ is not int_cls:
+                        del table[rev]
+                elif flags & _FIN_RST:
+                    # an ignored key forgets both keys; an absent or pending one changes nothing
+                    if st is not None:
+                        table[key] = half
+                    rev = _reverse(key)
+                    rv = table.get(rev)
+                    if rv is ignored:
+                        table[rev] = half
+                    elif rv is ignored_old:
+                        table[rev] = half_old
+                elif st is half:
+                    continue  # absent or ignored in the current generation: a bare packet changes nothing
+                elif st is half_old:
+                    table[key] = half
             fwd += 1
             emit(part, (frame, ts, key, seq, ack, flags, payload))
         res.frames = frame - first_frame
@@ -1034,6 +1342,12 @@ class Scanner:
         res.slow_path = slow_n
         res.forwarded = fwd
         return res
+
+
+def _ports_hit(key: bytes, ports: frozenset[int]) -> bool:
+    """Whether either port of a directional key is one of ``ports``."""
+    sport, dport = _ports(key)
+    return sport in ports or dport in ports
 
 
 def merge_decoded(streams: Sequence[Iterable[Decoded]]) -> Iterable[Decoded]:

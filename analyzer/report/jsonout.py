@@ -213,6 +213,8 @@ def _flow(f: FlowResult) -> dict[str, Any]:
             "to_client": {"out_of_window_segments": s.out_of_window_to_client, "late_bytes": s.late_bytes_to_client,
                           "after_fin_bytes": s.after_fin_bytes_to_client},
         },
+        # plain commands and replies past the first ones that no record or rule needed: counted, not kept
+        "elided": {"commands": s.commands_elided, "replies": s.replies_elided},
         "saw_syn": s.saw_syn,
         "first_frame": s.first_frame,
         "last_frame": s.last_frame,

@@ -182,14 +182,9 @@ KNOWN_BUGS: dict[str, KnownBug] = {
         True,
     ),
     "flows_tiny_mail": KnownBug(
-        "BUG (memory): ~2.6 KB per open flow in the engine plus ~1.3 KB per flow in the report, and "
-        "Limits.max_flows is not enforced: 854 MB at 150k flows, several GB at 1M; see test_memory_per_open_flow",
+        "BUG (memory): ~1.2 KB per open flow (measured by S2-B after lazy half-streams: ~500 bytes of open-flow "
+        "state in the engine plus ~660 bytes of FlowSummary kept to the end for the report): a million "
+        "one-SYN mail flows still need ~1.2 GB; see test_memory_per_open_flow",
         True,
-    ),
-    "ooo_segments": KnownBug(
-        "BUG (memory): FlowSummary.events keeps every event of a flow (~530 bytes per command) until the end "
-        "of the capture: 1M NOOPs on one flow peak at 750 MB; see test_memory_per_command",
-        True,
-        ("long",),
     ),
 }

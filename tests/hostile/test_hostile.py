@@ -434,18 +434,11 @@ def test_html_linear_in_id_pairs(tmp_path: Path) -> None:
     assert big <= 8 * small, f"4x the pairs gave {big / small:.1f}x the HTML ({small} -> {big} bytes)"
 
 
-@pytest.mark.xfail(
-    strict=False,  # RSS deltas vary with machine load: an XPASS must not fail CI
-    reason=KNOWN_BUGS["ooo_segments"].reason
-    + (
-        ". Fix: bound what a flow keeps: in flows/table.py Engine._locate() keep only the events the records "
-        "and rules need (carrier commands, their replies, the first N anomalies per code with a count) or build "
-        "the flow's records incrementally and drop the events, and keep the first N generic Command/Reply "
-        "events for the report's conversation view"
-    ),
-)
 def test_memory_per_command(tmp_path: Path) -> None:
-    """Plain commands on one flow leave no per-command memory behind (at most 64 bytes each: bounded state)."""
+    """Plain commands on one flow leave no per-command memory behind (at most 64 bytes each: bounded state).
+
+    Found by H12: FlowSummary.events kept every event (1M NOOPs: 750 MB); fixed by event retention.
+    """
     from .generate import imap_command_segments
 
     sizes = (20_000, 220_000)  # large enough that per-command memory dominates the fixed peaks
