@@ -93,9 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"({','.join(str(x) for x in sorted(MAIL_PORTS))})")
     a.add_argument("--all-tcp", action="store_true", help="reassemble every TCP flow, not only mail flows")
     a.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="processes to use: files, and ranges of large pcap files, are split across them; "
-                        "0 = one per core (default: 1). Experimental: for some captures the report still "
-                        "differs from --jobs 1")
+                   help="processes to use: files, and ranges of large pcap files, are split across them, with "
+                        "the same report as --jobs 1; 0 = one per usable core (default: 1)")
     a.add_argument("--engine", default="local", choices=("local", "dask"),
                    help="run the per-file work locally or as tasks on a Dask cluster (--scheduler)")
     a.add_argument("--scheduler", default=None, metavar="ADDRESS",

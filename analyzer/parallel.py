@@ -2,8 +2,10 @@
 
 Strategy. Files go to processes whole: a pcapng file, a gzip-compressed file, a
 classic pcap file below ``split_min_bytes``, and standard input are read by one
-worker with the one-process engine (:func:`analyzer.pipeline.analyze_capture`).
-A large classic pcap file is cut into byte ranges and goes through four stages:
+worker with the one-process engine (:func:`analyzer.pipeline.analyze_capture`);
+inputs that add up to less than ``split_min_bytes`` are all read in this process
+(a pool would cost more than it gains). A large classic pcap file is cut into byte
+ranges and goes through four stages:
 
 1. *Split.* Target offsets (size / n apart) are moved forward to the next offset where
    a chain of :data:`SPLIT_CHAIN` plausible record headers starts (the reader's resync
@@ -16,7 +18,9 @@ A large classic pcap file is cut into byte ranges and goes through four stages:
    (fed the file header, then the range's bytes): damage that moves the reader
    (``caplen_too_large``, resync, trailing garbage, read errors), or a range other than
    the last ending inside a record, sends the whole file to one process. The counts give
-   every range its first global frame number.
+   every range its first global frame number. The last range is not counted (its scan
+   gives its frame count, and its reader's damage is checked the same way), and the
+   first range is scanned while the others are counted.
 3. *Scan* (parallel). Each worker reads its range again, frames numbered globally (so
    damage, decode issues and housekeeping frames are the one-process ones), decodes
    and filters with :class:`~analyzer.flows.table.Scanner`, and spills the packets that
@@ -35,7 +39,13 @@ A large classic pcap file is cut into byte ranges and goes through four stages:
    merged by frame number. Results travel pickled with a dispatch table that sends the
    slotted dataclasses as field tuples, with the cyclic collector paused
    (:func:`encode_result`): the default pickling of such objects cost more than
-   computing them.
+   computing them. With local processes the parent, idle otherwise, runs the first
+   partition itself, so its flows are never pickled.
+
+Exactness of the scan stage (the reason a range may drop a packet) is argued in the
+:class:`~analyzer.flows.table.Scanner` docstring; the property test
+``tests/test_parallel.py::test_scanner_and_partitions_equal_one_engine`` checks it on
+random packet lists cut at random places.
 
 Counters, damage records, decode issues and flows are merged in range or frame order,
 so the report is byte for byte the one-process report (the tests compare
@@ -59,14 +69,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
 from analyzer.capture.decode import Decoder, DecodeIssue
-from analyzer.capture.pcap import MAXIMUM_SNAPLEN, MAX_PLAUSIBLE_WIRELEN, PCAP_MAGICS, RESYNC_WINDOW_S, SNAPLEN_CAP, \
-    VERSION_MAJOR, PcapCapture
-from analyzer.capture.reader import GZIP_MAGIC, CaptureInfo, Damage, Stream, os_reason
+from analyzer.capture.pcap import MAXIMUM_SNAPLEN, PCAP_MAGICS, RESYNC_WINDOW_S, SNAPLEN_CAP, VERSION_MAJOR, \
+    PcapCapture
+from analyzer.capture.reader import GZIP_MAGIC, MAX_PLAUSIBLE_WIRELEN, CaptureInfo, Damage, Stream, os_reason
 from analyzer.config import Settings
 from analyzer.flows.model import FlowSummary
 from analyzer.flows.table import MAX_TRACKED_FLOWS, CaptureStats, Decoded, Engine, Scanner, ScanResult, key_hash, \
@@ -437,16 +447,19 @@ class FlowsOut:
     stats: CaptureStats
 
 
-def flow_partition(spills: Sequence[Any], settings: Settings, index: int, housekeeping: Sequence[tuple[int, int]],
-                   frames: int, keep_streams: bool) -> bytes:
-    """Run the flow stage over one partition's spills (one per range, in range order) (stage 4).
-
-    Returns an encoded :class:`FlowsOut` (:func:`decode_result`).
-    """
+def flow_stage(spills: Sequence[Any], settings: Settings, index: int, housekeeping: Sequence[tuple[int, int]],
+               frames: int, keep_streams: bool) -> FlowsOut:
+    """Run the flow stage over one partition's spills (one per range, in range order) (stage 4)."""
     packets = (p for ref in spills for p in read_spill(ref))
     with gc_tuned():
         flows, stats = Engine(settings, keep_streams=keep_streams).run_decoded(packets, index, housekeeping, frames)
-    return encode_result(FlowsOut(flows, stats))
+    return FlowsOut(flows, stats)
+
+
+def flow_partition(spills: Sequence[Any], settings: Settings, index: int, housekeeping: Sequence[tuple[int, int]],
+                   frames: int, keep_streams: bool) -> bytes:
+    """:func:`flow_stage` as a task: returns an encoded :class:`FlowsOut` (:func:`decode_result`)."""
+    return encode_result(flow_stage(spills, settings, index, housekeeping, frames, keep_streams))
 
 
 def flow_all(spills: Sequence[Sequence[Any]], settings: Settings, index: int,
@@ -506,11 +519,29 @@ def _rebuild(cls: type, values: tuple[Any, ...]) -> Any:
     return _factory(cls)(*values)
 
 
+def _plain_init(cls: type, names: tuple[str, ...]) -> bool:
+    """Whether ``cls(*values)`` rebuilds an instance from its field values: a generated ``__init__``
+    taking every field positionally, in field order, with no ``__post_init__``."""
+    fs = dataclasses.fields(cls)
+    init = cls.__dict__.get("__init__") or getattr(cls, "__init__", None)
+    code = getattr(init, "__code__", None)
+    return (
+        getattr(getattr(cls, "__dataclass_params__", None), "init", False)
+        and not hasattr(cls, "__post_init__")
+        and tuple(f.name for f in fs) == names
+        and all(f.init and not f.kw_only for f in fs)
+        and code is not None and code.co_filename == "<string>"  # made by dataclasses, not written by hand
+        and code.co_argcount == len(names) + 1
+    )
+
+
 class _Reducers(dict[type, Any]):
     """Pickler dispatch table: slotted analyzer dataclasses travel as (class, field values).
 
-    The default pickling of slotted dataclasses calls ``dataclasses.fields()`` for every
-    object on both sides; this is several times faster (measured in docs/dask.md).
+    A class whose generated ``__init__`` takes every field positionally is rebuilt by calling
+    it (one call per object: loading is about 4 times faster than the default pickling of
+    slotted dataclasses, which goes through ``dataclasses.fields()`` for every object);
+    others through :func:`_rebuild`, without ``__init__``.
     """
 
     def __missing__(self, cls: type) -> Any:
@@ -521,7 +552,14 @@ class _Reducers(dict[type, Any]):
                 raise KeyError(cls)
             return red
         get = operator.attrgetter(*names)
-        if len(names) == 1:
+        if _plain_init(cls, names):
+            if len(names) == 1:
+                def reduce(obj: Any) -> tuple[Any, ...]:
+                    return cls, (get(obj),)
+            else:
+                def reduce(obj: Any) -> tuple[Any, ...]:
+                    return cls, get(obj)
+        elif len(names) == 1:
             def reduce(obj: Any) -> tuple[Any, ...]:
                 return _rebuild, (cls, (get(obj),))
         else:
@@ -710,12 +748,30 @@ def analyze_files(paths: Sequence[str], settings: Settings, *, jobs: int, progre
         lay = pcap_layout(paths[0]) if paths[0] != "-" else None
         if lay is None or lay.size < split_min_bytes:  # one whole file: no pool to start
             return [analyze_capture(paths[0], 0, settings, progress=progress, keep_streams=keep_streams)]
+    elif _input_bytes(paths) < split_min_bytes:  # small inputs: starting the pool costs more than it gains
+        return [analyze_capture(p, i, settings, progress=progress, keep_streams=keep_streams)
+                for i, p in enumerate(paths)]
     ex = LocalExecutor(jobs)
     try:
         return run_jobs(paths, settings, ex, jobs=jobs, progress=progress, keep_streams=keep_streams,
                         split_min_bytes=split_min_bytes)
     finally:
         ex.close()
+
+
+def _input_bytes(paths: Sequence[str]) -> int:
+    """Total size of the regular files among ``paths`` (others count as nothing: they are read whole anyway)."""
+    total = 0
+    for p in paths:
+        if p == "-":
+            continue
+        try:
+            st = os.stat(p)
+        except (OSError, ValueError):  # ValueError: a path with a NUL byte
+            continue
+        if stat.S_ISREG(st.st_mode):
+            total += st.st_size
+    return total
 
 
 def _say(progress: bool, text: str) -> None:
@@ -727,55 +783,54 @@ def _say(progress: bool, text: str) -> None:
 def _split_file(job: _Job, settings: Settings, ex: Executor, jobs: int, keep_streams: bool,
                 progress: bool) -> Part | None:
     """Stages 1-4 for one large pcap file; None when it must be read by one process (reason in job.notes)."""
-    lay = job.layout
-    assert lay is not None
     points = job.points
-    n = len(points) - 1
-    if n < 2:
+    if len(points) - 1 < 2:
         job.notes.append("no split point found")
         return None
     ranges = list(zip(points[:-1], points[1:]))
-    counts: list[RangeCount] = [ex.result(h) for h in
-                                [ex.submit(count_range, job.path, lay, s, e) for s, e in ranges]]
-    for k, c in enumerate(counts):
-        if c.error is not None:
-            job.notes.append(f"range {k}: {c.error}")
-            return None
-        moving = [code for code in c.codes if code in _MOVING_DAMAGE]
-        if moving or (k < n - 1 and any(code in _END_DAMAGE for code in c.codes)):
-            job.notes.append(f"range {k} of {n}: {', '.join(sorted(set(moving or c.codes)))}")
-            return None
-    frame0 = [0]
-    for c in counts[:-1]:
-        frame0.append(frame0[-1] + c.packets)
-    frames = frame0[-1] + counts[-1].packets
-    _say(progress, f"{job.path}: {n} ranges, {frames:,} frames")
-    parts = jobs
     spill_dir = None
     if ex.spill_root is not None:
         spill_dir = tempfile.mkdtemp(prefix=f"c{job.index}-", dir=ex.spill_root)
     try:
-        return _scan_and_flow(job, settings, ex, ranges, frame0, [c.packets for c in counts], parts, spill_dir,
-                              keep_streams, progress)
+        return _scan_and_flow(job, settings, ex, ranges, jobs, spill_dir, keep_streams, progress)
     finally:
         if spill_dir is not None:
             shutil.rmtree(spill_dir, ignore_errors=True)
 
 
-def _scan_and_flow(job: _Job, settings: Settings, ex: Executor, ranges: list[tuple[int, int]], frame0: list[int],
-                   packets: list[int], parts: int, spill_dir: str | None, keep_streams: bool,
-                   progress: bool) -> Part | None:
-    """Stages 3 and 4 (and the merge) of one split file."""
+def _scan_and_flow(job: _Job, settings: Settings, ex: Executor, ranges: list[tuple[int, int]], parts: int,
+                   spill_dir: str | None, keep_streams: bool, progress: bool) -> Part | None:
+    """Stages 2 to 4 (and the merge) of one split file.
+
+    The first range is scanned at once (its first frame is frame 1), beside the count of the
+    others; each later range is scanned as soon as the counts before it are known. The last
+    range is not counted: its scan says how many frames it has, and its reader records the
+    damage a count would have found (checked below).
+    """
     lay = job.layout
     assert lay is not None
     n = len(ranges)
-    frames = frame0[-1] + packets[-1]
+    frame0 = [0]
 
     def scan(k: int, forced: frozenset[bytes], tag: str) -> Any:
         s, e = ranges[k]
         return ex.submit(scan_range, job.path, lay, s, e, frame0[k], settings, parts, forced, spill_dir, tag)
 
-    handles = [scan(k, frozenset(), f"r{k}") for k in range(n)]
+    handles = [scan(0, frozenset(), "r0")]
+    count_handles = [ex.submit(count_range, job.path, lay, s, e) for s, e in ranges[:-1]]
+    counts: list[int] = []
+    for k, h in enumerate(count_handles):
+        c: RangeCount = ex.result(h)
+        if c.error is not None:
+            job.notes.append(f"range {k}: {c.error}")
+            return None
+        moving = [code for code in c.codes if code in _MOVING_DAMAGE]
+        if moving or any(code in _END_DAMAGE for code in c.codes):  # not the last range: must end on a record
+            job.notes.append(f"range {k} of {n}: {', '.join(sorted(set(moving or c.codes)))}")
+            return None
+        counts.append(c.packets)
+        frame0.append(frame0[-1] + c.packets)
+        handles.append(scan(k + 1, frozenset(), f"r{k + 1}"))
     metas: list[RangeScan] = [ex.result(ex.apply(_meta_of, h)) for h in handles]
     for k, m in enumerate(metas):
         if m.error is not None:
@@ -784,9 +839,18 @@ def _scan_and_flow(job: _Job, settings: Settings, ex: Executor, ranges: list[tup
         if m.counts.get("fragments"):
             job.notes.append("IP fragments (reassembly crosses ranges)")
             return None
-        if m.scan.frames != packets[k]:
+        if k < n - 1 and m.scan.frames != counts[k]:
             job.notes.append(f"range {k}: scan and count disagree")
             return None
+        if m.info.damage_dropped:  # more damage than a reader lists: a code that moves the reader may be unseen
+            job.notes.append(f"range {k}: damage beyond what is listed")
+            return None
+    moving = sorted({d.code for d in metas[-1].damage if d.code in _MOVING_DAMAGE})
+    if moving:
+        job.notes.append(f"range {n - 1} of {n}: {', '.join(moving)}")
+        return None
+    frames = frame0[-1] + metas[-1].scan.frames
+    _say(progress, f"{job.path}: {n} ranges, {frames:,} frames")
     # conflicts: flows picked by content in an earlier range, ignored in this one
     earlier: set[bytes] = set()
     rescans: dict[int, Any] = {}
@@ -806,14 +870,33 @@ def _scan_and_flow(job: _Job, settings: Settings, ex: Executor, ranges: list[tup
         _say(progress, f"{job.path}: scanned {len(rescans)} range(s) again for flows picked by content earlier")
     housekeeping = [h for m in metas for h in m.scan.housekeeping]
     by_part = [[ex.apply(_spill_of, h, p) for h in handles] for p in range(parts)]
-    outs: list[FlowsOut] = [decode_result(ex.result(h)) for h in [
-        ex.submit(flow_partition, _gather(ex, by_part[p]), settings, job.index, housekeeping, frames, keep_streams)
-        for p in range(parts)]]
+    # local pool: the parent, idle otherwise, runs the first partition itself (no pickling of its flows)
+    here = isinstance(ex, LocalExecutor) and parts > 1
+    handles = [ex.submit(flow_partition, _gather(ex, by_part[p]), settings, job.index, housekeeping, frames,
+                         keep_streams) for p in range(1 if here else 0, parts)]
+    first = [flow_stage(_gather(ex, by_part[0]), settings, job.index, housekeeping, frames, keep_streams)] if here \
+        else []
+    outs: list[FlowsOut] = first + _decoded_results(ex, handles)
     if _caps_reached(outs, settings):
         _say(progress, f"{job.path}: a cap counting all flows may have been reached; flow stage in one process")
         outs = [decode_result(ex.result(ex.submit(flow_all, [_gather(ex, by_part[p]) for p in range(parts)], settings,
                                                   job.index, housekeeping, frames, keep_streams)))]
     return _merge(job, metas, outs, frames, ranges[-1][0])
+
+
+def _decoded_results(ex: Executor, handles: list[Any]) -> list[Any]:
+    """The decoded results of ``handles``, in their order; local results are decoded as they arrive.
+
+    The parent decodes one partition's flows while the other partitions still run (decoding
+    is the parent's share of the flow stage, about a quarter of a partition's time).
+    """
+    out: list[Any] = [None] * len(handles)
+    if isinstance(ex, LocalExecutor):
+        index = {id(h): i for i, h in enumerate(handles)}
+        for h in as_completed(handles):
+            out[index[id(h)]] = decode_result(h.result())
+        return out
+    return [decode_result(ex.result(h)) for h in handles]
 
 
 def _gather(ex: Executor, handles: list[Any]) -> Any:
