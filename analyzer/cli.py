@@ -92,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="server ports to dissect, e.g. 143,110,24-25; '+PORTS' adds to the defaults "
                         f"({','.join(str(x) for x in sorted(MAIL_PORTS))})")
     a.add_argument("--all-tcp", action="store_true", help="reassemble every TCP flow, not only mail flows")
-    a.add_argument("--jobs", type=int, default=1, metavar="N",
+    a.add_argument("--jobs", type=int, default=0, metavar="N",
                    help="processes to use: files, and ranges of large pcap files, are split across them, with "
-                        "the same report as --jobs 1; 0 = one per usable core (default: 1)")
+                        "the same report as --jobs 1; 0 = one per usable core (default: 0; inputs under 64 MB "
+                        "always run in one process)")
     a.add_argument("--engine", default="local", choices=("local", "dask"),
                    help="run the per-file work locally or as tasks on a Dask cluster (--scheduler)")
     a.add_argument("--scheduler", default=None, metavar="ADDRESS",

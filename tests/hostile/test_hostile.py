@@ -392,9 +392,9 @@ def test_memory_per_open_flow(tmp_path: Path) -> None:
     strict=False,  # RSS deltas vary with machine load: an XPASS must not fail CI
     reason=KNOWN_BUGS["pop3_xclient_100k"].reason
     + (
-        ". Fix: keep the first N findings per (rule, flow) and fold the rest into one finding with a count "
-        "(rules/__init__.py run_rules), cap records per flow (forwarding/extract.py build_records: first N "
-        "kept, the rest counted), and stream report.json"
+        ". Done: findings past 100 per (rule, flow) are folded, reports are streamed. Left: build each flow's "
+        "records when the flow ends and keep only the carrier events rules still need, or compact "
+        "ForwardingRecord (param details as one tuple of ints, excerpt shared with the event)"
     ),
 )
 def test_memory_per_xclient(tmp_path: Path) -> None:
