@@ -496,12 +496,22 @@ RECORD_COLUMNS = (
     "forwarded_server_port", "ttl", "ttl_raw", "session_id", "params", "forward", "forward_origin", "address",
     "reply_code", "reply_text", "reply_frames", "accepted", "trusted", "problems", "excerpt",
 )
+#: what reassembly dropped, per direction in report.json ``flows[*].dropped`` (summed in flows.csv)
+DROPPED_KEYS = ("out_of_window_segments", "late_bytes", "after_fin_bytes")
+
+
+def dropped_totals(f: Mapping[str, Any]) -> tuple[int, ...]:
+    """A report.json flow's :data:`DROPPED_KEYS` counts, both directions summed."""
+    d = f["dropped"]
+    return tuple(d["to_server"][k] + d["to_client"][k] for k in DROPPED_KEYS)
+
+
 FLOW_COLUMNS = (
     "id", "capture", "capture_file", "community_id", "protocol", "detected_by", "client_ip", "client_port",
     "server_ip", "server_port", "tls", "saw_syn", "first_frame", "last_frame", "first_ts", "last_ts",
     "first_ts_ns", "last_ts_ns", "packets_to_server", "packets_to_client", "bytes_to_server", "bytes_to_client",
     "gaps_to_server", "gap_bytes_to_server", "gaps_to_client", "gap_bytes_to_client", "retransmitted_bytes",
-    "overlap_conflicts", "out_of_window_segments", "late_bytes", "after_fin_bytes", "ended", "records",
+    "overlap_conflicts", *DROPPED_KEYS, "ended", "records",
     "forwarding_records", "findings", "worst_severity",
 )
 
@@ -556,16 +566,14 @@ def flow_row(f: Mapping[str, Any], digest: Digest, captures: Sequence[Mapping[st
     cap = f["capture"]
     path = captures[cap]["path"] if 0 <= cap < len(captures) else None
     gts, gtc = f["gaps"]["to_server"], f["gaps"]["to_client"]
-    drs, drc = f["dropped"]["to_server"], f["dropped"]["to_client"]
     cl, sv = f["client"], f["server"]
     return (
         fid, cap, path, f["community_id"], f["protocol"], f["detected_by"], cl["ip"], cl["port"], sv["ip"],
         sv["port"], f["tls"], f["saw_syn"], f["first_frame"], f["last_frame"], f["first_ts"], f["last_ts"],
         f["first_ts_ns"], f["last_ts_ns"], f["packets"]["to_server"], f["packets"]["to_client"],
         f["bytes"]["to_server"], f["bytes"]["to_client"], gts["count"], gts["bytes"], gtc["count"], gtc["bytes"],
-        f["retransmitted_bytes"], f["overlap_conflicts"],
-        drs["out_of_window_segments"] + drc["out_of_window_segments"], drs["late_bytes"] + drc["late_bytes"],
-        drs["after_fin_bytes"] + drc["after_fin_bytes"], f["ended"], digest.records_by_flow.get(fid, 0),
+        f["retransmitted_bytes"], f["overlap_conflicts"], *dropped_totals(f), f["ended"],
+        digest.records_by_flow.get(fid, 0),
         digest.forwarding_by_flow.get(fid, 0), digest.findings_by_flow.get(fid, 0), digest.worst_by_flow.get(fid),
     )
 
@@ -671,11 +679,9 @@ def _coverage_reasons(f: Mapping[str, Any]) -> list[str]:
     if gaps:
         gap_bytes = f["gaps"]["to_server"]["bytes"] + f["gaps"]["to_client"]["bytes"]
         reasons.append(f"{gaps} gap(s), {gap_bytes} bytes missing")
-    dropped = {k: f["dropped"]["to_server"][k] + f["dropped"]["to_client"][k]
-               for k in ("out_of_window_segments", "late_bytes", "after_fin_bytes")}
-    if any(dropped.values()):
-        reasons.append(f"dropped: {dropped['out_of_window_segments']} out-of-window segment(s), "
-                       f"{dropped['late_bytes']} late and {dropped['after_fin_bytes']} after-FIN bytes")
+    out_of_window, late, after_fin = dropped_totals(f)
+    if out_of_window or late or after_fin:
+        reasons.append(f"dropped: {out_of_window} out-of-window segment(s), {late} late and {after_fin} after-FIN bytes")
     return reasons
 
 
