@@ -15,6 +15,16 @@ builds the excerpt only for the commands a carrier names. Address parsing
 (``ipaddress``, ~10 us) is cached for short texts: proxies forward the same few
 addresses again and again. Parameter lookups by name
 (``_interpret``) read one index of the lower-cased names built once per command.
+
+Memory: records live to the end of the run and a flood repeats one command 100,000
+times, so a record shares every immutable part equal to one an earlier record has
+(:func:`_share`): the ``(name, value)`` pairs and :class:`ParamDetail` objects and the
+tuples of them, forwarded endpoints, raw address tuples, problems, the excerpt, verb,
+tag and reply text. The part is built as before, then looked up by value in one bounded
+table whose keys are the shared objects themselves, so the table keeps nothing alive
+that a record does not (only its slots), and an equal object replaces the new one. A
+record of a repeated command then owns only what differs: itself, its numbers, frames
+and reply. The values are equal, so the output is the same.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import functools
 import ipaddress
 import re
 from collections.abc import Iterable
+from typing import TypeVar
 
 from analyzer.forwarding.blobs import decode_forward_base64, decode_xrcptforward
 from analyzer.forwarding.model import ForwardingRecord, ForwardVar, ParamDetail, Reply
@@ -50,6 +61,37 @@ EXCERPT_LEN = 256
 
 #: POP3 reply text of an untrusted XCLIENT sender (spec 2.3): a +OK that did nothing
 POP3_UNTRUSTED = "You are not from trusted IP"
+
+SHARE_TABLE_SIZE = 16384  # ours: objects the sharing table holds (emptied when full): < 1 MiB of slots
+SHARE_TEXT_MAX = 256  # ours: texts and bytes longer than this are not looked up (hashing them costs)
+#: verbs records name, one object each (parsers make a new str per command)
+_VERBS = {v: v for v in ("ID", "XCLIENT", "XOIP", "XFORWARD", "RCPT", "MAIL")}
+
+_T = TypeVar("_T")
+#: immutable record parts (tuples of str/None, ParamDetail, ForwardVar, Endpoint, str, bytes), each its key
+_SHARED: dict[object, object] = {}
+
+
+def _share(obj: _T) -> _T:
+    """The first object equal to ``obj`` seen (``obj`` itself when new): records share equal parts.
+
+    Only values whose equality implies interchangeability go in (no ints or bools at the top, no
+    tuples mixing them with others at one position), so the output cannot change.
+    """
+    hit = _SHARED.get(obj)
+    if hit is None:
+        if len(_SHARED) >= SHARE_TABLE_SIZE:
+            _SHARED.clear()
+        _SHARED[obj] = obj
+        return obj
+    return hit  # type: ignore[return-value]
+
+
+def _share_text(value: _T) -> _T:
+    """:func:`_share` for a str or bytes (or None) not longer than :data:`SHARE_TEXT_MAX`."""
+    if value is None or len(value) > SHARE_TEXT_MAX:  # type: ignore[arg-type]
+        return value
+    return _share(value)
 
 
 def is_imap_forwarding_key(name: str) -> bool:
@@ -134,7 +176,7 @@ def parse_port(raw: str | None) -> tuple[int | None, list[str]]:
 def _endpoint(ip: str | None, port: int | None) -> Endpoint | None:
     if ip is None and port is None:
         return None
-    return Endpoint(ip or "", port or 0)
+    return _share(Endpoint(ip or "", port or 0))
 
 
 def _last_index(params: Iterable[tuple[str, str | None]]) -> dict[str, tuple[int, str]]:
@@ -163,14 +205,14 @@ def _octets(text: str) -> int:
 
 def _attr_detail(p: XParam) -> ParamDetail:
     name_octets = _octets(p.name)
-    return ParamDetail(
+    return _share(ParamDetail(
         name=p.name, value=p.value, raw=p.raw, lenient=p.lenient, form="attr",
         name_octets=name_octets,
         value_octets=_octets(p.value) if p.value else 0,
         name_wire=name_octets,
         value_wire=_octets(p.raw),
         literal_waited=None, problems=p.problems,
-    )
+    ))
 
 
 class _Draft:
@@ -212,8 +254,8 @@ def _interpret(fields: dict[str, object], params: list[tuple[str, str | None]], 
     ttl, pt = parse_ttl(ttl_raw)
     problems += [f"{ttl_name}: {p}" for p in pt]
     fields.update(
-        forwarded_client=_endpoint(cip, cport), forwarded_client_raw=(cip_raw, cport_raw),
-        forwarded_server=_endpoint(sip, sport), forwarded_server_raw=(sip_raw, sport_raw),
+        forwarded_client=_endpoint(cip, cport), forwarded_client_raw=_share((cip_raw, cport_raw)),
+        forwarded_server=_endpoint(sip, sport), forwarded_server_raw=_share((sip_raw, sport_raw)),
         ttl=ttl, ttl_raw=ttl_raw, session_id=_last_of(index, *(n.lower() for n in session_names)),
     )
 
@@ -224,24 +266,25 @@ def _imap_id(le: LocatedEvent, ev: ImapId, base: dict[str, object]) -> dict[str,
     forward: list[ForwardVar] = []
     problems = [f"ID: {p}" for p in ev.problems]
     for p in ev.params or ():
-        params.append((p.name, p.value))
-        details.append(ParamDetail(
+        params.append(_share((p.name, p.value)))
+        details.append(_share(ParamDetail(
             name=p.name, value=p.value, raw=None, lenient=None, form=p.value_form, name_octets=p.name_octets,
             value_octets=p.value_octets, name_wire=p.name_wire, value_wire=p.value_wire,
             literal_waited=p.literal_waited, problems=(),
-        ))
+        )))
         low = p.name.lower()
         if low.startswith(IMAP_FORWARD_PREFIX) and p.value is not None:
             forward.append(ForwardVar(p.name[len(IMAP_FORWARD_PREFIX):], p.value, "x-forward"))
     fields = dict(base)
     fields.update(
-        carrier="ID", verb="ID", command_seq=ev.seq, tag=ev.tag, line_len=ev.line_len,
+        carrier="ID", verb="ID", command_seq=ev.seq, tag=_share_text(ev.tag), line_len=ev.line_len,
         forwarding=any(is_imap_forwarding_key(n) for n, _ in params),
-        params=tuple(params), details=tuple(details), forward=tuple(forward), address=None,
+        params=_share(tuple(params)), details=_share(tuple(details)),
+        forward=_share(tuple(forward)) if forward else (), address=None,
     )
     _interpret(fields, params, problems, ("x-originating-ip", "x-originating-port", "x-connected-ip",
                                           "x-connected-port"), "x-proxy-ttl", ("x-session-id", "x-session-ext-id"))
-    fields["problems"] = tuple(problems)
+    fields["problems"] = _share(tuple(problems)) if problems else ()
     return fields
 
 
@@ -254,7 +297,7 @@ def _forward_blob(value: str | None, origin: str, problems: list[str]) -> list[F
 
 
 def _xclient(le: LocatedEvent, ev: Xclient | Xforward, base: dict[str, object], protocol: str) -> dict[str, object]:
-    params = [(p.name, p.value) for p in ev.params]
+    params = [_share((p.name, p.value)) for p in ev.params]
     problems: list[str] = []
     for p in ev.params:
         problems += [f"{p.name}: {x}" for x in p.problems]
@@ -267,13 +310,14 @@ def _xclient(le: LocatedEvent, ev: Xclient | Xforward, base: dict[str, object], 
     fields = dict(base)
     carrier = "XFORWARD" if isinstance(ev, Xforward) else "XCLIENT"
     fields.update(
-        carrier=carrier, verb=ev.verb if isinstance(ev, Xclient) else "XFORWARD", command_seq=ev.seq, tag=None,
-        line_len=ev.line_len, forwarding=bool(ev.params), params=tuple(params),
-        details=tuple(_attr_detail(p) for p in ev.params), forward=tuple(forward), address=None,
+        carrier=carrier, verb=_VERBS.get(ev.verb, ev.verb) if isinstance(ev, Xclient) else "XFORWARD",
+        command_seq=ev.seq, tag=None, line_len=ev.line_len, forwarding=bool(ev.params),
+        params=_share(tuple(params)), details=_share(tuple(_attr_detail(p) for p in ev.params)),
+        forward=_share(tuple(forward)) if forward else (), address=None,
     )
     _interpret(fields, params, problems, ("ADDR", "PORT", "DESTADDR", "DESTPORT"), "TTL", ("SESSION",),
                smtp=protocol in ("smtp", "submission", "lmtp"))
-    fields["problems"] = tuple(problems)
+    fields["problems"] = _share(tuple(problems)) if problems else ()
     return fields
 
 
@@ -283,11 +327,12 @@ def _rcpt_forward(le: LocatedEvent, ev: RcptForward, base: dict[str, object]) ->
     forward = _forward_blob(p.value, "XRCPTFORWARD", problems)
     fields = dict(base)
     fields.update(
-        carrier="XRCPTFORWARD", verb=ev.verb, command_seq=ev.seq, tag=None, line_len=ev.line_len,
-        forwarding=True, params=((p.name, p.value),), details=(_attr_detail(p),), forward=tuple(forward),
+        carrier="XRCPTFORWARD", verb=_VERBS.get(ev.verb, ev.verb), command_seq=ev.seq, tag=None,
+        line_len=ev.line_len, forwarding=True, params=_share((_share((p.name, p.value)),)),
+        details=_share((_attr_detail(p),)), forward=_share(tuple(forward)) if forward else (),
         forwarded_client=None, forwarded_client_raw=(None, None), forwarded_server=None,
         forwarded_server_raw=(None, None), ttl=None, ttl_raw=None, session_id=None,
-        problems=tuple(problems), address=ev.address,
+        problems=_share(tuple(problems)) if problems else (), address=_share_text(ev.address),
     )
     return fields
 
@@ -338,7 +383,7 @@ def build_records(flow: int, capture: int, protocol: str | None, client: Endpoin
             d0 = drafts.get(ev.answers)
             if d0 is None:
                 continue
-            rep = Reply(ev.status, ev.text, le.frames, le.ts_ns)
+            rep = Reply(_share_text(ev.status), _share_text(ev.text), le.frames, le.ts_ns)
             if ev.final and d0.reply is None:
                 d0.reply = rep
             elif not ev.final and ev.status.upper() == "BYE" and d0.bye is None:
@@ -356,7 +401,7 @@ def build_records(flow: int, capture: int, protocol: str | None, client: Endpoin
         else:
             continue
         cmd = commands.pop(ev.seq, None)
-        fields["excerpt"] = _command_excerpt(cmd) if cmd is not None else b""
+        fields["excerpt"] = _share_text(_command_excerpt(cmd)) if cmd is not None else b""
         d = _Draft(fields)
         drafts[ev.seq] = d
         order.append(d)

@@ -38,6 +38,10 @@ gap cut into). Over-long lines are reported as ``line_too_long`` and their first
 Cost: the lines of a body nobody reads (anything but CAPA) are not framed one
 by one: :meth:`LineBuffer.skip_until` finds the lone ``.`` with two ``find``
 calls per feed and leaves the buffer exactly as line-by-line reading would.
+A repeated XCLIENT line (a flood, a proxy's pipelined commands) gives events that
+share one arguments bytes object and one tuple of :class:`XParam` (events are never
+changed; a small bounded memo, :data:`_XCLIENT_MEMO`), and a known verb is one str
+for every command, so the events a flow keeps do not grow by copies.
 """
 
 from __future__ import annotations
@@ -150,6 +154,30 @@ def _plausible_command(data: bytes, *, need_args: bool) -> bool:
 def _status_text(data: bytes, status: bytes) -> str:
     n = len(status)
     return (data[n + 1 :] if data[n : n + 1] == b" " else data[n:]).decode("utf-8", "surrogateescape")
+
+
+#: upper-cased known verbs -> one str each: a command's verb is not a new str per line
+_VERB_TEXT = {v.encode("ascii"): v for v in KNOWN_VERBS}
+XCLIENT_MEMO_SIZE = 256  # ours: XCLIENT/XOIP arguments remembered with their attributes (emptied when full)
+XCLIENT_MEMO_ARGS_MAX = 512  # ours: only arguments this short are remembered (a few hundred KiB at most)
+#: (verb, arguments) -> (the arguments, their attributes, empty tokens): a repeated XCLIENT shares the objects
+_XCLIENT_MEMO: dict[tuple[str, bytes], tuple[bytes, tuple[XParam, ...], int]] = {}
+
+
+def _xclient_args(verb: str, args: bytes) -> tuple[bytes, tuple[XParam, ...], int]:
+    """The arguments and :func:`_xparams` of an XCLIENT or XOIP, shared by equal ones (never changed)."""
+    if len(args) > XCLIENT_MEMO_ARGS_MAX:
+        params, empty = _xparams(args if verb == "XCLIENT" else b"ADDR=" + args)
+        return args, params, empty
+    key = (verb, args)
+    hit = _XCLIENT_MEMO.get(key)
+    if hit is None:
+        params, empty = _xparams(args if verb == "XCLIENT" else b"ADDR=" + args)
+        hit = (args, params, empty)
+        if len(_XCLIENT_MEMO) >= XCLIENT_MEMO_SIZE:
+            _XCLIENT_MEMO.clear()
+        _XCLIENT_MEMO[key] = hit
+    return hit
 
 
 def _xparams(args: bytes) -> tuple[tuple[XParam, ...], int]:
@@ -300,13 +328,16 @@ class Pop3Parser:
 
     def _command(self, span: Span, data: bytes, too_long: bool, length: int, events: list[Event]) -> None:
         verb_raw, args = _split_verb(data)
-        verb = verb_raw.upper().decode("utf-8", "surrogateescape")
+        verb_up = verb_raw.upper()
+        verb = _VERB_TEXT.get(verb_up) or verb_up.decode("utf-8", "surrogateescape")
         seq = self._seq
         self._seq += 1
         line_len = span.end - span.start
+        xclient = verb == "XCLIENT" or verb == "XOIP"
+        if xclient:
+            args, params, empty = _xclient_args(verb, args)
         events.append(Command(span, seq, None, verb, args, line_len))
-        if verb == "XCLIENT" or verb == "XOIP":
-            params, empty = _xparams(args if verb == "XCLIENT" else b"ADDR=" + args)
+        if xclient:
             events.append(Xclient(span, seq, verb, params, line_len))
             if empty:
                 events.append(

@@ -126,6 +126,8 @@ KNOWN_VERBS = frozenset(
         b"TURN",
     )
 )
+#: upper-cased known verbs -> one str each: a command's verb is not a new str per line
+_VERB_TEXT = {v: v.decode("ascii") for v in KNOWN_VERBS}
 
 #: Anomaly codes this parser emits (stable names, Zeek-weird style).
 ANOMALY_CODES = (
@@ -606,7 +608,8 @@ class SmtpParser:
         sp = data.find(b" ")
         verb_b = data if sp < 0 else data[:sp]
         args = b"" if sp < 0 else data[sp + 1 :]
-        verb = verb_b.upper().decode("utf-8", "surrogateescape")
+        verb_up = verb_b.upper()
+        verb = _VERB_TEXT.get(verb_up) or verb_up.decode("utf-8", "surrogateescape")
         seq = self._seq
         self._seq += 1
         line_len = end - start

@@ -141,8 +141,29 @@ def make_param(name: str, raw: str, has_equals: bool) -> XParam:
     )
 
 
+TOKEN_MEMO_SIZE = 1024  # ours: attribute tokens remembered with their XParam (emptied when full)
+TOKEN_MEMO_MAX = 128  # ours: only tokens this short are remembered (a few hundred KiB at most)
+#: token bytes -> its XParam: a repeated attribute (a flood, a proxy's fixed PROTO=ESMTP) shares one object
+_TOKEN_MEMO: dict[bytes, XParam] = {}
+
+
 def param_from_wire(token: bytes) -> XParam:
-    """:func:`make_param` for one ``NAME[=value]`` token as sent, straight from its bytes."""
+    """:func:`make_param` for one ``NAME[=value]`` token as sent, straight from its bytes.
+
+    XParam objects are never changed, so equal short tokens get the same object (:data:`_TOKEN_MEMO`).
+    """
+    if len(token) > TOKEN_MEMO_MAX:
+        return _param_from_wire(token)
+    hit = _TOKEN_MEMO.get(token)
+    if hit is None:
+        hit = _param_from_wire(token)
+        if len(_TOKEN_MEMO) >= TOKEN_MEMO_SIZE:
+            _TOKEN_MEMO.clear()
+        _TOKEN_MEMO[token] = hit
+    return hit
+
+
+def _param_from_wire(token: bytes) -> XParam:
     eq = token.find(b"=")
     if eq < 0:
         return XParam(wire_text(token), "", None, "", False, ())

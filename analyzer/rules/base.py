@@ -1,10 +1,35 @@
-"""Findings, severities and the rule table type shared by every rule module."""
+"""Findings, severities and the rule table type shared by every rule module.
+
+Memory: many findings repeat the same facts, messages and byte ranges (several rules on one
+command, one rule on a repeated command), and the kept ones live to the end of the run. A
+:class:`Finding` therefore swaps each of these immutable parts for an equal one made before
+(:func:`_share`, a bounded table whose keys are the shared objects themselves); the values
+are equal, so the reports are the same.
+"""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import final
+from typing import TypeVar, final
+
+SHARE_TABLE_SIZE = 8192  # ours: parts the sharing table holds (emptied when full): < 0.5 MiB of slots
+SHARE_TEXT_MAX = 256  # ours: longer messages are not looked up (hashing them costs more than it saves)
+
+_T = TypeVar("_T")
+#: fact pairs and tuples, messages, stream and flow tuples: str, or tuples of str and int (never bool)
+_SHARED: dict[object, object] = {}
+
+
+def _share(obj: _T) -> _T:
+    """The first object equal to ``obj`` seen (``obj`` itself when new)."""
+    hit = _SHARED.get(obj)
+    if hit is None:
+        if len(_SHARED) >= SHARE_TABLE_SIZE:
+            _SHARED.clear()
+        _SHARED[obj] = obj
+        return obj
+    return hit  # type: ignore[return-value]
 
 
 class Severity(enum.IntEnum):
@@ -52,6 +77,23 @@ class Finding:
     stream: tuple[str, int, int] | None  #: (direction, start, end) byte range in the flow's stream
     excerpt: bytes  #: bounded bytes of the evidence (the command line, the reply)
     facts: tuple[tuple[str, str], ...]  #: ("value_len", "1025"), ("limit", "1024") ...
+
+    def __post_init__(self) -> None:
+        # equal parts shared (see the module docstring); only types whose equality means the same output
+        get = _SHARED.get
+        facts = self.facts
+        if facts:
+            shared = get(facts) or _share(tuple([get(kv) or _share(kv) for kv in facts]))
+            self.facts = shared  # type: ignore[assignment]
+        message = self.message
+        if len(message) <= SHARE_TEXT_MAX:
+            self.message = get(message) or _share(message)  # type: ignore[assignment]
+        stream = self.stream
+        if stream is not None:
+            self.stream = get(stream) or _share(stream)  # type: ignore[assignment]
+        flows = self.flows
+        if len(flows) == 1:
+            self.flows = get(flows) or _share(flows)  # type: ignore[assignment]
 
     @property
     def key(self) -> tuple[object, ...]:
