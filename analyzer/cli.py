@@ -167,7 +167,10 @@ def _analyze(args: argparse.Namespace) -> int:
     for flow in result.flows:
         flow.summary.events = ()
     generated_at = iso_ns(time.time_ns()) if args.timestamp else None
-    write_reports(result, str(out_dir), formats, force=True, generated_at=generated_at)
+    from analyzer.parallel import usable_cores
+
+    jobs = args.jobs if args.jobs >= 1 else usable_cores()  # the report files, like the captures, on all of them
+    write_reports(result, str(out_dir), formats, force=True, generated_at=generated_at, jobs=jobs)
     for c in result.unusable:
         sys.stderr.write(f"fwdaudit: {one_line(c.error or '')}\n")
     if result.unusable:
