@@ -122,19 +122,31 @@ def environment() -> jinja2.Environment:
     return env
 
 
+#: template pieces joined into one write (ours: ~100-200 KB of HTML per write)
+RENDER_CHUNK = 8192
+
+
 def render_view(view: ReportData, write: Callable[[str], object]) -> None:
     """Render a view model as one HTML page and hand it to ``write``."""
     css, script = assets()
     import markupsafe
 
-    # one string (the page is bounded: every list on it is capped); render() is much cheaper per piece than
-    # generate()
-    write(environment().get_template(TEMPLATE).render(
+    # the page in chunks of RENDER_CHUNK pieces: render() holds every piece and then the whole page (~5 KB per
+    # listed row at its peak); measured on a 7.8 MB page: render() 0.93 s and 38.7 MB peak, this 0.18 s and 14.7 MB
+    pieces = environment().get_template(TEMPLATE).generate(
         v=view,
         csp=content_security_policy(css, script),
         css=markupsafe.Markup(css),
         script=markupsafe.Markup(script),
-    ))
+    )
+    buf: list[str] = []
+    for piece in pieces:
+        buf.append(piece)
+        if len(buf) >= RENDER_CHUNK:
+            write("".join(buf))
+            buf.clear()
+    if buf:
+        write("".join(buf))
 
 
 def render_html(doc: Mapping[str, Any], view: ReportData | None = None) -> str:
