@@ -521,10 +521,15 @@ def _rebuild(cls: type, values: tuple[Any, ...]) -> Any:
 
 def _plain_init(cls: type, names: tuple[str, ...]) -> bool:
     """Whether ``cls(*values)`` rebuilds an instance from its field values: a generated ``__init__``
-    taking every field positionally, in field order, with no ``__post_init__``."""
+    taking every field positionally, in field order, with no ``__post_init__``; or a hand-written one
+    the class vouches for with ``INIT_TAKES_FIELDS = True`` (it stores its positional parameters, the
+    fields in field order, unchanged: ``flows.model.FlowSummary``)."""
     fs = dataclasses.fields(cls)
     init = cls.__dict__.get("__init__") or getattr(cls, "__init__", None)
     code = getattr(init, "__code__", None)
+    if cls.__dict__.get("INIT_TAKES_FIELDS") is True:
+        return (tuple(f.name for f in fs) == names and code is not None
+                and code.co_argcount == len(names) + 1 and not hasattr(cls, "__post_init__"))
     return (
         getattr(getattr(cls, "__dataclass_params__", None), "init", False)
         and not hasattr(cls, "__post_init__")

@@ -74,13 +74,14 @@ from __future__ import annotations
 import hashlib
 import heapq
 import ipaddress
+import operator
 import re
 import struct
 from array import array
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from analyzer.capture.decode import Decoder
 from analyzer.config import MAIL_PORTS, Settings
@@ -286,9 +287,10 @@ class _Retention:
             if isinstance(ev, Command):
                 self.last_cmd = None
             return
-        s.events_elided += 1
+        r = s.rare or s.rare_counts()  # the counters themselves: this runs once per dropped event
+        r.events_elided += 1
         if isinstance(ev, Command):
-            s.commands_elided += 1
+            r.commands_elided += 1
             item = (arrival, le, ev.seq)
             self.last_cmd = item
             pending = self.pending
@@ -296,7 +298,7 @@ class _Retention:
             if len(pending) > DROPPED_COMMANDS_REMEMBERED:
                 del pending[next(iter(pending))]
         else:
-            s.replies_elided += 1
+            r.replies_elided += 1
 
     def _restore_seq(self, seq: int, kept: list[LocatedEvent], s: FlowSummary) -> None:
         """Put back the dropped command with this seq, if it is still remembered."""
@@ -340,40 +342,44 @@ class _Pending:
         self.gen = gen  #: generation of the last SYN seen (dropped when a crowded table rotates past it)
 
 
+#: bits of _Flow.flags
+_CLOSED = 1  # ended by FIN/RST: later packets only counted (TIME_WAIT stragglers)
+_FIN_C = 2  # the client sent FIN
+_FIN_S = 4  # the server sent FIN
+_STOPPED = 8  # parser finished (TLS, multiplex ...): count bytes only
+_DECIDED = 16  # protocol confirmed or given up from the first bytes
+_FINS = _FIN_C | _FIN_S
+_BITS = 31  # all of the above
+#: the bits above these hold the out-of-order bytes both half-streams held after the flow's last packet
+_HELD_SHIFT = 5
+
+
 class _Flow:
     """Mutable state of one flow of interest while the capture is read."""
 
-    __slots__ = (
-        "ckey", "skey", "summary", "c2s", "s2c", "parser", "protocol", "port_hint", "stopped",
-        "fin_c", "fin_s", "isn_c", "isn_s", "last_ts", "streams", "decided", "closed", "serial", "held", "ret",
-    )
+    # a flood of one-SYN flows pays every slot of every open flow (issue 7): the server key (_reverse(ckey))
+    # and the server port's protocol (Engine._port_hint()) are derived, not stored; the yes/no states are
+    # bits of ``flags`` (_CLOSED, _FIN_C, _FIN_S, _STOPPED, _DECIDED), and so is the number of out-of-order
+    # bytes the flow holds (flags >> _HELD_SHIFT): one slot instead of six
+    __slots__ = ("ckey", "summary", "c2s", "s2c", "parser", "flags", "isn_c", "isn_s", "ret")
 
-    def __init__(self, ckey: bytes, skey: bytes, summary: FlowSummary,
-                 port_hint: str | None, keep_streams: bool, serial: int) -> None:
+    def __init__(self, ckey: bytes, summary: FlowSummary, keep_streams: bool) -> None:
         self.ckey = ckey
-        self.skey = skey
         self.summary = summary
         # _UNUSED until the direction's first payload or FIN (Engine._open_stream): most flows of a
         # flood never carry any, and a HalfStream with its frame map costs about 600 bytes
         self.c2s = _UNUSED
         self.s2c = _UNUSED
         self.parser: Parser | None = None
-        self.protocol = port_hint
-        self.port_hint = port_hint
-        self.stopped = False  # parser finished (TLS, multiplex ...): count bytes only
-        self.decided = False  # protocol confirmed or given up from the first bytes
-        self.fin_c = False
-        self.fin_s = False
+        self.flags = 0
         self.isn_c: int | None = None
         self.isn_s: int | None = None
-        self.last_ts = summary.first_ts_ns
-        self.streams: dict[str, list[tuple[str, int, Any]]] | None = (
-            {"to_server": [], "to_client": []} if keep_streams else None
-        )
-        self.closed = False  # ended by FIN/RST: later packets only counted (TIME_WAIT stragglers)
-        self.serial = serial  # creation order in this engine (tie-breaker of the caps)
-        self.held = 0  # out-of-order bytes both half-streams held after the last packet
+        if keep_streams:  # the raw delivery log goes straight to the summary
+            summary.streams = {"to_server": [], "to_client": []}
         self.ret: _Retention | None = None  # event retention, from the EVENTS_KEPT_FIRST-th event on
+
+
+_FIRST_FRAME = operator.attrgetter("first_frame")
 
 
 def _ip_text(raw: bytes) -> str:
@@ -489,6 +495,9 @@ class Engine:
         self._buffer_cap = lim.total_buffer_bytes
         self._servers: dict[bytes, Endpoint] = {}  # server address + port -> shared Endpoint
         self._ips: dict[bytes, str] = {}  # client address -> shared text
+        # port number -> a shared int (a port above 256 is an object of its own: a flood of a million flows
+        # from at most 65,536 client ports would pay 32 bytes a flow)
+        self._port_ints: list[int | None] = [None] * 65536
         self._reset(0)
 
     def _reset(self, capture_index: int) -> None:
@@ -497,8 +506,9 @@ class Engine:
         self._done: list[FlowSummary] = []
         self._stats = CaptureStats()
         self._capture = capture_index
-        self._live: dict[int, _Flow] = {}  # serial -> every flow of interest still in the table
-        self._serial = 0
+        # live flows whose server key has no table entry yet (see _new_packet): len(table) - 2 * flows + this
+        # is the number of pending and ignored entries
+        self._lazy = 0
         self._held = 0  # out-of-order bytes held by all live flows
         self._ign = _Marker()  # ignored marker of the current generation
         self._ign_old = _Marker()  # ... and of the previous one
@@ -650,22 +660,48 @@ class Engine:
 
     def _end(self) -> tuple[list[FlowSummary], CaptureStats]:
         """End of capture: flush every flow still open; return the flows in first-frame order."""
-        for fl in list(self._live.values()):
-            if not fl.closed:
+        flows = self._flows()
+        # the peak of a flood of open flows is here: let the table go first (its entries and server keys;
+        # _forget() below then finds nothing to remove), and each flow's state once its summary is out
+        self._table.clear()
+        self._lazy = 0
+        for i, fl in enumerate(flows):
+            flows[i] = None  # type: ignore[call-overload]
+            if not fl.flags & _CLOSED:
                 self._finish(fl, "eof")
         done = self._done
-        done.sort(key=lambda f: f.key)
+        # every summary has this capture: first frames order them as their keys would, without a tuple each
+        done.sort(key=_FIRST_FRAME)
         stats = self._stats
         self._table = {}
-        self._live = {}
+        self._lazy = 0
         self._done = []
         return done, stats
+
+    def _flows(self) -> list[_Flow]:
+        """Every flow of interest in the table (live, or closed and lingering), in creation order.
+
+        Read from the table (a separate index of live flows cost ~50 bytes a flow): a flow's client
+        key entry is made when the flow is (:meth:`_new_packet` removes an older entry of that key
+        first), and its key object is the flow's ``ckey``.
+        """
+        return [v for k, v in self._table.items() if v.__class__ is _Flow and k is v.ckey]
 
     # ------------------------------------------------------------------ flow creation
     def _new_packet(self, st: Any, key: bytes, seq: int, flags: int, payload: bytes,
                     frame: int, ts: int, ports: frozenset[int], all_tcp: bool) -> _Flow | None:
-        """Decide what a packet of an unknown (or pending) flow starts; return the flow of interest or None."""
+        """Decide what a packet of an unknown (or pending) flow starts; return the flow of interest or None.
+
+        A packet of the server key of a live flow whose server has not sent before finds no entry
+        either: it gets the flow (and the entry, made now, see the end of this method).
+        """
         table = self._table
+        if st is None:
+            fl = table.get(_reverse(key))
+            if fl.__class__ is _Flow:  # key is its server key (its client key has an entry)
+                table[key] = fl
+                self._lazy -= 1
+                return cast(_Flow, fl)
         stats = self._stats
         capture_index = self._capture
         sport, dport = _ports(key)
@@ -735,15 +771,12 @@ class Engine:
         first_ts = st.ts if st is not None else ts
         client, server = self._endpoints(client_key)
         summary = FlowSummary(
-            capture=capture_index, key=(capture_index, first_frame),
-            client=client, server=server,
+            capture=capture_index, client=client, server=server,
             protocol=hint, detected_by=detected_by, saw_syn=False, first_frame=first_frame, last_frame=frame,
             first_ts_ns=first_ts, last_ts_ns=ts, packets_to_server=0, packets_to_client=0, bytes_to_server=0,
-            bytes_to_client=0, gaps_to_server=0, gaps_to_client=0, gap_bytes_to_server=0, gap_bytes_to_client=0,
-            retransmitted_bytes=0, overlap_conflicts=0, ended="eof", tls=None,
+            bytes_to_client=0, ended="eof", tls=None,
         )
-        self._serial += 1
-        fl = _Flow(client_key, skey, summary, hint, self.keep_streams, self._serial)
+        fl = _Flow(client_key, summary, self.keep_streams)
         if st is not None:
             # the pending SYN / SYN-ACK sequence numbers (given to each half-stream when it opens)
             for k, isn in st.isn.items():
@@ -752,9 +785,14 @@ class Engine:
                 else:
                     fl.isn_s = isn
                 summary.saw_syn = True
+        table.pop(client_key, None)  # a new entry: the table's order is the flows' creation order (_flows)
         table[client_key] = fl
-        table[skey] = fl
-        self._live[fl.serial] = fl
+        # the server key's entry only when the server sends (the start of this method), or when the key
+        # has one to replace: a flood of one-SYN flows saves a key and an entry (~100 bytes) a flow
+        if skey == key or skey in table:
+            table[skey] = fl
+        else:
+            self._lazy += 1
         stats.flows_of_interest += 1
         return fl
 
@@ -775,7 +813,13 @@ class Engine:
             if len(ips) >= SHARED_ENDPOINTS_MAX:
                 ips.clear()
             ip = ips[raw] = _ip_text(raw)
-        return Endpoint(ip, _U16.unpack_from(client_key, 2 * n)[0]), server
+        port = _U16.unpack_from(client_key, 2 * n)[0]
+        shared = self._port_ints[port]
+        if shared is None:
+            self._port_ints[port] = port
+        else:
+            port = shared
+        return Endpoint(ip, port), server
 
     def _ignore(self, key: bytes) -> None:
         table = self._table
@@ -787,7 +831,7 @@ class Engine:
                 payload: bytes, frame: int, ts: int) -> None:
         self._stats.tcp_packets += 1
         to_server = key == fl.ckey
-        if fl.closed:
+        if fl.flags & _CLOSED:
             if to_server and flags & (TH_SYN | TH_ACK) == TH_SYN and seq != fl.isn_c:
                 # port reuse after a clean close: a new connection on the same 4-tuple
                 self._forget(fl)
@@ -799,7 +843,6 @@ class Engine:
                 s = fl.summary
                 s.last_frame = frame
                 s.last_ts_ns = ts
-                fl.last_ts = ts
                 if to_server:
                     s.packets_to_server += 1
                 else:
@@ -809,7 +852,7 @@ class Engine:
             isn = fl.isn_c if to_server else fl.isn_s
             hs0 = fl.c2s if to_server else fl.s2c
             if to_server and not flags & TH_ACK and isn is not None and seq != isn and (
-                hs0.next_offset > 0 or fl.fin_c or fl.fin_s or fl.summary.ended == "rst"
+                hs0.next_offset > 0 or fl.flags & _FINS or fl.summary.ended == "rst"
             ):
                 # port reuse: a new connection on the same 4-tuple
                 self._finish(fl, "reused")
@@ -817,7 +860,7 @@ class Engine:
                 if nfl is None:
                     return
                 fl = nfl
-                fl.summary.protocol = fl.summary.protocol or fl.port_hint
+                fl.summary.protocol = fl.summary.protocol or self._port_hint(fl)
             if to_server:
                 if fl.isn_c is None:
                     fl.isn_c = seq
@@ -831,7 +874,6 @@ class Engine:
         s = fl.summary
         s.last_frame = frame
         s.last_ts_ns = ts
-        fl.last_ts = ts
         if to_server:
             s.packets_to_server += 1
             hs, other, d = fl.c2s, fl.s2c, Direction.TO_SERVER
@@ -862,20 +904,18 @@ class Engine:
             out = hs.fin(seq + len(payload))
             if out:
                 self._deliver(fl, d, hs, out)
-            if to_server:
-                fl.fin_c = True
-            else:
-                fl.fin_s = True
-            if fl.fin_c and fl.fin_s:
+            fl.flags |= _FIN_C if to_server else _FIN_S
+            if (fl.flags & _FINS) == _FINS:
                 self._finish(fl, "fin")
                 return
         if flags & TH_RST:
             self._finish(fl, "rst")
             return
         held = fl.c2s.ooo_bytes + fl.s2c.ooo_bytes
-        if held != fl.held:
-            self._held += held - fl.held
-            fl.held = held
+        was = fl.flags >> _HELD_SHIFT
+        if held != was:
+            self._held += held - was
+            fl.flags = (fl.flags & _BITS) | held << _HELD_SHIFT
             if self._held > self._stats.peak_buffer_bytes:
                 self._stats.peak_buffer_bytes = self._held
             if self._held > self._buffer_cap:
@@ -897,20 +937,21 @@ class Engine:
 
     # ------------------------------------------------------------------ delivery to the parser
     def _deliver(self, fl: _Flow, d: Direction, hs: HalfStream, out: list[tuple[str, int, Any]]) -> None:
-        if fl.streams is not None:
-            fl.streams[d.value].extend(out)
         s = fl.summary
+        r = s.rare
+        if r is not None and r.streams is not None:
+            r.streams[d.value].extend(out)
         for kind, offset, item in out:
             if kind == "data":
                 if d is Direction.TO_SERVER:
                     s.bytes_to_server += len(item)
                 else:
                     s.bytes_to_client += len(item)
-                if fl.stopped:
+                if fl.flags & _STOPPED:
                     continue
-                if not fl.decided:
+                if not fl.flags & _DECIDED:
                     self._decide(fl, d, item)
-                    if fl.stopped:
+                    if fl.flags & _STOPPED:
                         continue
                 parser = fl.parser
                 if parser is None:
@@ -926,31 +967,37 @@ class Engine:
                     s.gaps_to_client += 1
                     s.gap_bytes_to_client += item
                 parser = fl.parser
-                if fl.stopped or parser is None:
+                if fl.flags & _STOPPED or parser is None:
                     continue
                 events = parser.gap(d, item)
             if events:
                 self._locate(fl, events)
 
+    def _port_hint(self, fl: _Flow) -> str | None:
+        """The mail protocol of the flow's server port, None when that port is not a mail port."""
+        port = _ports(fl.ckey)[1]
+        return MAIL_PORTS.get(port) if port in self.ports else None
+
     def _decide(self, fl: _Flow, d: Direction, first: bytes) -> None:
         """Confirm the flow's protocol from its first bytes and create the parser."""
-        fl.decided = True
+        fl.flags |= _DECIDED
         s = fl.summary
+        hint = self._port_hint(fl)
         if is_tls_record(first):
             s.tls = "implicit"
-            fl.stopped = True
+            fl.flags |= _STOPPED
             if s.protocol is None:
-                s.protocol = fl.port_hint
+                s.protocol = hint
             return
-        proto = detect(first, d, fl.port_hint)
-        if proto is not None and fl.port_hint is not None and proto != fl.port_hint:
+        proto = detect(first, d, hint)
+        if proto is not None and hint is not None and proto != hint:
             s.detected_by = "content"
         elif proto is not None and s.detected_by == "port":
             s.detected_by = "port+content"
-        proto = proto or fl.port_hint
+        proto = proto or hint
         s.protocol = proto
         if proto is None:
-            fl.stopped = True
+            fl.flags |= _STOPPED
             return
         midstream = not s.saw_syn
         if proto == "imap":
@@ -973,7 +1020,7 @@ class Engine:
             if len(frames) > MAX_EVENT_FRAMES:
                 frames = frames[: MAX_EVENT_FRAMES - 1] + frames[-1:]
             ts = hs.ts_for(span.start)
-            le = LocatedEvent(ev, frames, ts if ts is not None else fl.last_ts)
+            le = LocatedEvent(ev, frames, ts if ts is not None else s.last_ts_ns)
             ret = fl.ret
             if ret is not None:
                 ret.add(le, out, s)
@@ -983,7 +1030,7 @@ class Engine:
                 fl.ret = ret = _Retention(out)
                 ret.add(le, out, s)
             if isinstance(ev, TlsStarted):
-                fl.stopped = True
+                fl.flags |= _STOPPED
                 fl.summary.tls = "starttls"
 
     # ------------------------------------------------------------------ limits
@@ -998,12 +1045,13 @@ class Engine:
     def _relieve_buffers(self) -> None:
         """Out-of-order bytes of all flows exceed the total cap: the largest holders deliver what they hold."""
         target = int(self._buffer_cap * _BUFFER_RELIEF)
+        # stable sort: equal holders stay in creation order, client to server first
         holders = sorted(
-            ((hs.ooo_bytes, fl.serial, i, fl, hs) for fl in self._live.values() if fl.held
+            ((hs.ooo_bytes, i, fl, hs) for fl in self._flows() if fl.flags >> _HELD_SHIFT
              for i, hs in enumerate((fl.c2s, fl.s2c)) if hs.ooo_bytes),
-            key=lambda h: (-h[0], h[1], h[2]),
+            key=lambda h: -h[0],
         )
-        for _n, _serial, i, fl, hs in holders:
+        for _n, i, fl, hs in holders:
             if self._held <= target:
                 break
             out = hs.flush()
@@ -1011,17 +1059,21 @@ class Engine:
             if out:
                 self._deliver(fl, Direction.TO_SERVER if i == 0 else Direction.TO_CLIENT, hs, out)
             held = fl.c2s.ooo_bytes + fl.s2c.ooo_bytes
-            self._held += held - fl.held
-            fl.held = held
+            self._held += held - (fl.flags >> _HELD_SHIFT)
+            fl.flags = (fl.flags & _BITS) | held << _HELD_SHIFT
 
     # ------------------------------------------------------------------ ending flows
     def _forget(self, fl: _Flow) -> None:
         table = self._table
-        if table.get(fl.ckey) is fl:
-            del table[fl.ckey]
-        if table.get(fl.skey) is fl:
-            del table[fl.skey]
-        self._live.pop(fl.serial, None)
+        ckey = fl.ckey
+        if table.get(ckey) is fl:  # else forgotten already
+            del table[ckey]
+            skey = _reverse(ckey)
+            if skey != ckey:
+                if table.get(skey) is fl:
+                    del table[skey]
+                else:
+                    self._lazy -= 1
 
     def _finish(self, fl: _Flow, how: str) -> None:
         """End a flow: flush reassembly and parser, publish its summary.
@@ -1031,16 +1083,16 @@ class Engine:
         closed flows leave the table after ``_CLOSED_LINGER_NS`` of capture time.
         """
         if how in ("fin", "rst"):
-            fl.closed = True
+            fl.flags |= _CLOSED
         else:
             self._forget(fl)
         for d, hs in ((Direction.TO_SERVER, fl.c2s), (Direction.TO_CLIENT, fl.s2c)):
             out = hs.flush()
             if out:
                 self._deliver(fl, d, hs, out)
-        self._held -= fl.held
-        fl.held = 0
-        if fl.parser is not None and not fl.stopped:
+        self._held -= fl.flags >> _HELD_SHIFT
+        fl.flags &= _BITS
+        if fl.parser is not None and not fl.flags & _STOPPED:
             for d in (Direction.TO_SERVER, Direction.TO_CLIENT):
                 ev = fl.parser.eof(d)
                 if ev:
@@ -1051,44 +1103,46 @@ class Engine:
             s.protocol = "lmtp"  # the SMTP parser saw LHLO: an LMTP session on a non-LMTP port
         if how == "fin":
             s.ended = "fin"
-        elif how == "eof" and (fl.fin_c or fl.fin_s):
+        elif how == "eof" and fl.flags & _FINS:
             s.ended = "half-fin"
         else:
             s.ended = how
-        s.retransmitted_bytes = fl.c2s.retransmitted_bytes + fl.s2c.retransmitted_bytes
-        s.overlap_conflicts = fl.c2s.conflict_count + fl.s2c.conflict_count
         c2s, s2c = fl.c2s, fl.s2c
-        s.out_of_window_to_server, s.out_of_window_to_client = c2s.out_of_window, s2c.out_of_window
-        s.late_bytes_to_server, s.late_bytes_to_client = c2s.late_bytes, s2c.late_bytes
-        s.after_fin_bytes_to_server, s.after_fin_bytes_to_client = c2s.after_fin_bytes, s2c.after_fin_bytes
-        s.streams = fl.streams
+        if c2s is not _UNUSED or s2c is not _UNUSED:  # else all these are 0
+            s.retransmitted_bytes = c2s.retransmitted_bytes + s2c.retransmitted_bytes
+            s.overlap_conflicts = c2s.conflict_count + s2c.conflict_count
+            s.out_of_window_to_server, s.out_of_window_to_client = c2s.out_of_window, s2c.out_of_window
+            s.late_bytes_to_server, s.late_bytes_to_client = c2s.late_bytes, s2c.late_bytes
+            s.after_fin_bytes_to_server = c2s.after_fin_bytes
+            s.after_fin_bytes_to_client = s2c.after_fin_bytes
         self._done.append(s)
-        if fl.closed:
+        if fl.flags & _CLOSED:
             # lingering after FIN/RST only counts stragglers: let the buffers and the parser go
             fl.c2s = fl.s2c = _RELEASED
             fl.parser = None
-            fl.streams = None
             fl.ret = None
 
     def _housekeep(self, frame: int, now: int) -> None:
         """Idle expiry and the caps, before frame ``frame`` (capture time ``now``)."""
         table = self._table
-        live = self._live
+        live = self._flows()
         limit = now - self._idle_ns
         linger = now - _CLOSED_LINGER_NS
-        for fl in [v for v in live.values() if v.last_ts < limit or (v.closed and v.last_ts < linger)]:
-            if fl.closed:
+        expired = [v for v in live if (t := v.summary.last_ts_ns) < limit or v.flags & _CLOSED and t < linger]
+        for fl in expired:
+            if fl.flags & _CLOSED:
                 self._forget(fl)
             else:
                 self._finish(fl, "idle")
-        n_live = len(live)
-        others = len(table) - 2 * n_live
+        n_live = len(live) - len(expired)  # each left the table
+        others = len(table) - 2 * n_live + self._lazy
         self._stats.housekeeping.append((frame, n_live, others))
         if n_live > self._max_flows:
-            victims = sorted(live.values(), key=lambda v: (v.last_ts, v.serial))[: n_live - self._max_flows]
+            # stable sort: flows equally idle go in creation order
+            victims = sorted(self._flows(), key=lambda v: v.summary.last_ts_ns)[: n_live - self._max_flows]
             for fl in victims:
                 self._limit(fl, "max_flows")
-                if fl.closed:
+                if fl.flags & _CLOSED:
                     self._forget(fl)
                 else:
                     self._finish(fl, "idle")

@@ -194,12 +194,10 @@ class KnownBug:
 #: ``xfail(strict=True)`` in the long one. Remove an entry (and its minimal test's mark) once fixed.
 KNOWN_BUGS: dict[str, KnownBug] = {
     "flows_tiny_mail": KnownBug(
-        "BUG (memory): ~770 bytes of peak RSS per open flow (CLI, 100,000 -> 300,000 one-SYN flows; ~1,060 "
-        "before H1 packed FlowSummary's rare counters and slimmed the engine's flow state; tracemalloc at the "
-        "engine's peak: summary 176, engine _Flow 160, two table keys 96, client Endpoint + ip text 112, "
-        "timestamp + frame ints 80, SYN ISN 32, table and live dict entries ~100): a million one-SYN mail "
-        "flows still need ~800 MB. test_memory_per_open_flow reads less (~490 bytes/flow) because the 1,000-flow "
-        "child's ru_maxrss is floored by the forking pytest process's RSS (~40 MB)",
+        "BUG (memory): a million one-SYN mail flows peak at ~608 MB with the default --jobs (583 MB with --jobs 1; "
+        "cap 600): ~500-570 bytes of peak RSS per open flow after FlowSummary and the engine's flow state were "
+        "packed (was ~1,060), and the parent of analyzer/parallel.py keeps the workers' encoded results alive "
+        "until every part is decoded (~25 MB at a million flows). Fix: let each worker result go once decoded",
         True,
     ),
 }

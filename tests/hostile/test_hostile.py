@@ -366,14 +366,6 @@ def _rss_per_unit(small: Path, n_small: int, big: Path, n_big: int, out: Path) -
     return (runs[1].maxrss_mb - runs[0].maxrss_mb) * MIB / (n_big - n_small)
 
 
-@pytest.mark.xfail(
-    strict=False,  # RSS deltas vary with machine load: an XPASS must not fail CI
-    reason=KNOWN_BUGS["flows_tiny_mail"].reason
-    + (
-        ". Left: pack FlowSummary's categorical fields (protocol, detected_by, saw_syn, ended, tls: 32 bytes), "
-        "derive _Flow.skey and port_hint (16), drop Engine._live (~40)"
-    ),
-)
 def test_memory_per_open_flow(tmp_path: Path) -> None:
     """A million one-SYN mail flows must fit the 600 MB cap: at most ~630 bytes per flow, reports included.
 

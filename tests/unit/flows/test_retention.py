@@ -260,7 +260,7 @@ def test_engine_keeps_the_head_then_retains(n: int, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(table, "EVENTS_KEPT_FIRST", n)
     events = _conversation("imap", [(True, 0), (False, 0)] * 200)
     summary: FlowSummary = make_flow(0, (), "imap").summary
-    fl = table._Flow(b"c", b"s", summary, "imap", False, 1)
+    fl = table._Flow(b"c", summary, False)
     eng = table.Engine(Settings())
     eng._locate(fl, [le.event for le in events])
     kept = len(summary.events)
