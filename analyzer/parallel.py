@@ -893,15 +893,24 @@ def _decoded_results(ex: Executor, handles: list[Any]) -> list[Any]:
     """The decoded results of ``handles``, in their order; local results are decoded as they arrive.
 
     The parent decodes one partition's flows while the other partitions still run (decoding
-    is the parent's share of the flow stage, about a quarter of a partition's time).
+    is the parent's share of the flow stage, about a quarter of a partition's time). Each
+    handle is dropped from ``handles`` once decoded: a future keeps its encoded result (tens
+    of MB for a million flows) for as long as anything refers to it.
     """
     out: list[Any] = [None] * len(handles)
     if isinstance(ex, LocalExecutor):
         index = {id(h): i for i, h in enumerate(handles)}
-        for h in as_completed(handles):
-            out[index[id(h)]] = decode_result(h.result())
+        for h in as_completed(handles):  # as_completed lets go of each future it has yielded
+            i = index[id(h)]
+            handles[i] = None
+            out[i] = decode_result(h.result())
+            del h
         return out
-    return [decode_result(ex.result(h)) for h in handles]
+    for i, h in enumerate(handles):
+        handles[i] = None
+        out[i] = decode_result(ex.result(h))
+        del h
+    return out
 
 
 def _gather(ex: Executor, handles: list[Any]) -> Any:

@@ -194,10 +194,12 @@ class KnownBug:
 #: ``xfail(strict=True)`` in the long one. Remove an entry (and its minimal test's mark) once fixed.
 KNOWN_BUGS: dict[str, KnownBug] = {
     "flows_tiny_mail": KnownBug(
-        "BUG (memory): a million one-SYN mail flows peak at ~608 MB with the default --jobs (583 MB with --jobs 1; "
+        "BUG (memory): a million one-SYN mail flows peak at ~604 MB with the default --jobs (583 MB with --jobs 1; "
         "cap 600): ~500-570 bytes of peak RSS per open flow after FlowSummary and the engine's flow state were "
-        "packed (was ~1,060), and the parent of analyzer/parallel.py keeps the workers' encoded results alive "
-        "until every part is decoded (~25 MB at a million flows). Fix: let each worker result go once decoded",
+        "packed (was ~1,060). With two processes the parent holds its own partition's 500,000 flows (292 MB at "
+        "the end of its engine) and then decodes the other's: the engine's freed objects are not reused by the "
+        "decoded summaries (other size classes), RSS 584 MB from then on. Left: decode into the freed memory "
+        "(summaries the engine's size class) or hand flows over in batches",
         True,
     ),
 }
