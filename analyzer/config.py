@@ -43,6 +43,9 @@ class Limits:
     total_buffer_bytes: int = 256 * 1024 * 1024  #: all out-of-order buffers together
     idle_timeout_ns: int = 3600 * 10**9  #: capture-time idle period after which a flow is flushed
     max_flows: int = 1_000_000  #: open flows of interest; past it the oldest idle ones are flushed
+    #: events of ended flows held in memory (ours: ~0.5 KB each, so ~25 MB); past it an ended flow's events go to
+    #: a temporary file until the rules read them (analyzer/flows/spool.py): memory stays flat as captures grow
+    events_in_memory: int = 50_000
 
 
 @dataclass(frozen=True, slots=True)

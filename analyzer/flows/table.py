@@ -87,6 +87,7 @@ from analyzer.capture.decode import Decoder
 from analyzer.config import MAIL_PORTS, Settings
 from analyzer.flows.model import FlowSummary
 from analyzer.flows.reassembly import HalfStream
+from analyzer.flows.spool import EventSpool
 from analyzer.model import Direction, Endpoint
 from analyzer.protocols import detect, is_tls_record, make_parser
 from analyzer.protocols.base import (
@@ -477,8 +478,11 @@ class Engine:
     """Reads one capture's packets and produces flow summaries with located events."""
 
     def __init__(self, settings: Settings, *, keep_streams: bool = False,
-                 progress: Callable[[int], None] | None = None, max_tracked_flows: int = MAX_TRACKED_FLOWS) -> None:
+                 progress: Callable[[int], None] | None = None, max_tracked_flows: int = MAX_TRACKED_FLOWS,
+                 spool: EventSpool | None = None) -> None:
         self.settings = settings
+        #: where ended flows' events go past Limits.events_in_memory (one per run when the caller shares it)
+        self.spool = spool if spool is not None else EventSpool(settings.limits.events_in_memory)
         self.keep_streams = keep_streams
         self.progress = progress
         self.ports = settings.ports
@@ -1116,6 +1120,7 @@ class Engine:
             s.after_fin_bytes_to_server = c2s.after_fin_bytes
             s.after_fin_bytes_to_client = s2c.after_fin_bytes
         self._done.append(s)
+        self.spool.admit(s)  # its events are final: in memory within the budget, else on disk
         if fl.flags & _CLOSED:
             # lingering after FIN/RST only counts stragglers: let the buffers and the parser go
             fl.c2s = fl.s2c = _RELEASED
