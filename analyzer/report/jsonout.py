@@ -393,8 +393,26 @@ class _RecordIndex:
         return None
 
 
+class _CommunityIds:
+    """Community ids of flows by id, remembered for the findings (a flow computes its own on each read, ~4 us)."""
+
+    LIMIT = 4096  #: flows remembered (ours: emptied when full; findings come in frame order, a few flows at a time)
+
+    def __init__(self, flows: Sequence[FlowResult]) -> None:
+        self.flows = flows
+        self.known: dict[int, str] = {}
+
+    def __call__(self, flow: int) -> str:
+        cid = self.known.get(flow)
+        if cid is None:
+            if len(self.known) >= self.LIMIT:
+                self.known.clear()
+            cid = self.known[flow] = self.flows[flow].community_id
+        return cid
+
+
 def _finding(f: Finding, flows: Sequence[FlowResult], captures: Sequence[CaptureResult],
-             records: _RecordIndex) -> dict[str, Any]:
+             records: _RecordIndex, cids: Callable[[int], str] | None = None) -> dict[str, Any]:
     flow = f.flow if f.flow is not None and 0 <= f.flow < len(flows) else None
     frames = sorted(set(f.frames))[:MAX_FINDING_FRAMES]
     capture_file = None
@@ -413,7 +431,7 @@ def _finding(f: Finding, flows: Sequence[FlowResult], captures: Sequence[Capture
         "capture": f.capture,
         "capture_file": capture_file,
         "protocol": flows[flow].summary.protocol if flow is not None else None,
-        "community_id": flows[flow].community_id if flow is not None else None,
+        "community_id": (flows[flow].community_id if cids is None else cids(flow)) if flow is not None else None,
         "frames": frames,
         "wireshark_filter": wireshark_filter(frames),
         "ts": iso_ns(f.ts_ns),
@@ -593,6 +611,7 @@ def report_doc(result: AnalysisResult, *, generated_at: str | None = None) -> di
     """The whole report, its growing arrays as :class:`LazyItems` (each item built when read)."""
     index = _RecordIndex(result.records)
     flows, captures = result.flows, result.captures
+    cids = _CommunityIds(flows)
     doc: dict[str, Any] = {"format_version": FORMAT_VERSION, "tool": {"name": "fwdaudit", "version": __version__}}
     if generated_at is not None:
         doc["generated_at"] = generated_at
@@ -601,7 +620,7 @@ def report_doc(result: AnalysisResult, *, generated_at: str | None = None) -> di
         "summary": _summary(result),
         "flows": LazyItems(flows, _flow),
         "records": LazyItems(result.records, _record),
-        "findings": LazyItems(result.findings, lambda f: _finding(f, flows, captures, index)),
+        "findings": LazyItems(result.findings, lambda f: _finding(f, flows, captures, index, cids)),
         "chains": LazyItems(result.chains, _chain),
     })
     return doc
