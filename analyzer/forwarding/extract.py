@@ -18,7 +18,7 @@ addresses again and again. Parameter lookups by name
 
 Memory: records live to the end of the run and a flood repeats one command 100,000
 times, so a record shares every immutable part equal to one an earlier record has
-(:func:`_share`): the ``(name, value)`` pairs and :class:`ParamDetail` objects and the
+(:class:`analyzer.sharing.Sharing`): the ``(name, value)`` pairs and :class:`ParamDetail` objects and the
 tuples of them, forwarded endpoints, raw address tuples, problems, the excerpt, verb,
 tag and reply text. The part is built as before, then looked up by value in one bounded
 table whose keys are the shared objects themselves, so the table keeps nothing alive
@@ -40,6 +40,7 @@ from analyzer.forwarding.model import ForwardingRecord, ForwardVar, ParamDetail,
 from analyzer.model import Endpoint
 from analyzer.protocols.base import Command, ImapId, LocatedEvent, RcptForward, XParam, Xclient, Xforward
 from analyzer.protocols.base import Reply as ReplyEvent
+from analyzer.sharing import Sharing
 
 #: IMAP ID keys Dovecot's imap-login treats as internal (spec table 1.3); x-forward-* is a prefix
 IMAP_FORWARDING_KEYS = frozenset({
@@ -68,23 +69,8 @@ SHARE_TEXT_MAX = 256  # ours: texts and bytes longer than this are not looked up
 _VERBS = {v: v for v in ("ID", "XCLIENT", "XOIP", "XFORWARD", "RCPT", "MAIL")}
 
 _T = TypeVar("_T")
-#: immutable record parts (tuples of str/None, ParamDetail, ForwardVar, Endpoint, str, bytes), each its key
-_SHARED: dict[object, object] = {}
-
-
-def _share(obj: _T) -> _T:
-    """The first object equal to ``obj`` seen (``obj`` itself when new): records share equal parts.
-
-    Only values whose equality implies interchangeability go in (no ints or bools at the top, no
-    tuples mixing them with others at one position), so the output cannot change.
-    """
-    hit = _SHARED.get(obj)
-    if hit is None:
-        if len(_SHARED) >= SHARE_TABLE_SIZE:
-            _SHARED.clear()
-        _SHARED[obj] = obj
-        return obj
-    return hit  # type: ignore[return-value]
+#: immutable record parts (tuples of str/None, ParamDetail, ForwardVar, Endpoint, str, bytes)
+_share = Sharing(SHARE_TABLE_SIZE)
 
 
 def _share_text(value: _T) -> _T:

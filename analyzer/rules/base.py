@@ -3,7 +3,7 @@
 Memory: many findings repeat the same facts, messages and byte ranges (several rules on one
 command, one rule on a repeated command), and the kept ones live to the end of the run. A
 :class:`Finding` therefore swaps each of these immutable parts for an equal one made before
-(:func:`_share`, a bounded table whose keys are the shared objects themselves); the values
+(:class:`analyzer.sharing.Sharing`, a bounded table); the values
 are equal, so the reports are the same.
 """
 
@@ -11,25 +11,15 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TypeVar, final
+from typing import final
+
+from analyzer.sharing import Sharing
 
 SHARE_TABLE_SIZE = 8192  # ours: parts the sharing table holds (emptied when full): < 0.5 MiB of slots
 SHARE_TEXT_MAX = 256  # ours: longer messages are not looked up (hashing them costs more than it saves)
 
-_T = TypeVar("_T")
 #: fact pairs and tuples, messages, stream and flow tuples: str, or tuples of str and int (never bool)
-_SHARED: dict[object, object] = {}
-
-
-def _share(obj: _T) -> _T:
-    """The first object equal to ``obj`` seen (``obj`` itself when new)."""
-    hit = _SHARED.get(obj)
-    if hit is None:
-        if len(_SHARED) >= SHARE_TABLE_SIZE:
-            _SHARED.clear()
-        _SHARED[obj] = obj
-        return obj
-    return hit  # type: ignore[return-value]
+_share = Sharing(SHARE_TABLE_SIZE)
 
 
 class Severity(enum.IntEnum):
@@ -80,7 +70,7 @@ class Finding:
 
     def __post_init__(self) -> None:
         # equal parts shared (see the module docstring); only types whose equality means the same output
-        get = _SHARED.get
+        get = _share.get
         facts = self.facts
         if facts:
             shared = get(facts) or _share(tuple([get(kv) or _share(kv) for kv in facts]))

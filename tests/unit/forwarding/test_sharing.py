@@ -71,9 +71,9 @@ def _records(protocol: str) -> list[ForwardingRecord]:
 def test_sharing_changes_no_value(protocol: str, monkeypatch: pytest.MonkeyPatch) -> None:
     shared = _records(protocol)
     assert len(shared) >= 2
+    extract._share.table.clear()
     monkeypatch.setattr(extract, "_share", lambda obj: obj)
     monkeypatch.setattr(extract, "_share_text", lambda obj: obj)
-    extract._SHARED.clear()
     plain = _records(protocol)
     assert shared == plain
     for a, b in zip(shared, plain, strict=True):
@@ -114,9 +114,9 @@ def test_repeated_smtp_attributes_share_xparams() -> None:
 
 
 def test_sharing_table_stays_bounded() -> None:
-    extract._SHARED.clear()
+    extract._share.table.clear()
     for i in range(extract.SHARE_TABLE_SIZE + 10):
         assert extract._share(("name", str(i))) == ("name", str(i))
-    assert len(extract._SHARED) <= extract.SHARE_TABLE_SIZE
+    assert len(extract._share.table) <= extract.SHARE_TABLE_SIZE
     long = "x" * (extract.SHARE_TEXT_MAX + 1)
-    assert extract._share_text(long) is long and long not in extract._SHARED
+    assert extract._share_text(long) is long and long not in extract._share.table
