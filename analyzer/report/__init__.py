@@ -168,21 +168,8 @@ def _emit(doc: dict[str, Any], dg: Any, formats: tuple[str, ...], opener: Callab
 
             sinks.append(HtmlSink(doc, opener("report.html"), dg=dg))
             reads.append(frozenset(BIG_ARRAYS))
-    if sinks and only is None:
-        feed(doc, sinks)
-    elif sinks:  # feed()'s calls, each sink given the items of the sections its files hold only
-        for section in BIG_ARRAYS:
-            for s in sinks:
-                s.begin(section)
-            users = [s for s, r in zip(sinks, reads) if section in r]
-            if users:
-                for i, item in enumerate(doc[section]):
-                    for s in users:
-                        s.item(section, i, item)
-            for s in sinks:
-                s.end(section)
-        for s in sinks:
-            s.finish()
+    if sinks:  # a parallel task's sinks are given the items of the sections their files hold only
+        feed(doc, sinks, None if only is None else reads)
     if "jsonl" in formats and wanted("report.jsonl"):
         from analyzer.report.jsonl import iter_jsonl
 

@@ -662,14 +662,20 @@ class Sink(Protocol):
         """Every array was fed."""
 
 
-def feed(doc: Mapping[str, Any], sinks: Sequence[Sink]) -> None:
-    """Read each item of :data:`BIG_ARRAYS` once and hand it to every sink (one item in memory at a time)."""
+def feed(doc: Mapping[str, Any], sinks: Sequence[Sink], reads: Sequence[frozenset[str]] | None = None) -> None:
+    """Read each item of :data:`BIG_ARRAYS` once and hand it to every sink (one item in memory at a time).
+
+    With ``reads`` (one set of section names per sink), a sink is given the items of those sections only
+    (it still sees every section begin and end), and a section no sink reads is not built at all.
+    """
     for section in BIG_ARRAYS:
         for s in sinks:
             s.begin(section)
-        for i, item in enumerate(doc[section]):
-            for s in sinks:
-                s.item(section, i, item)
+        users = sinks if reads is None else [s for s, r in zip(sinks, reads, strict=True) if section in r]
+        if users:
+            for i, item in enumerate(doc[section]):
+                for s in users:
+                    s.item(section, i, item)
         for s in sinks:
             s.end(section)
     for s in sinks:
