@@ -29,7 +29,7 @@ from analyzer.flows.model import FlowResult, FlowSummary
 from analyzer.flows.table import CaptureStats, Engine
 from analyzer.forwarding.extract import build_records
 from analyzer.forwarding.model import ForwardingRecord
-from analyzer.rules import RuleContext, run_rules
+from analyzer.rules import RULE_BATCH_FLOWS, RuleContext, RuleRun
 from analyzer.rules.base import Finding
 
 
@@ -134,22 +134,25 @@ def analyze_capture(path: str, index: int, settings: Settings, *, progress: bool
 
 def analyze(paths: list[str], settings: Settings, *, progress: bool = False,
             keep_streams: bool = False, jobs: int = 1, engine: str = "local",
-            scheduler: str | None = None) -> AnalysisResult:
+            scheduler: str | None = None, keep_events: bool = False) -> AnalysisResult:
     """Run every stage over the given capture files, in order.
 
     ``jobs`` > 1 reads files, and ranges of large pcap files, in that many processes
     (:mod:`analyzer.parallel`; below 1: one per usable core); ``engine="dask"`` runs the same
     work on the Dask cluster at ``scheduler`` (:mod:`analyzer.dask_engine`). Both give the
-    same result as ``jobs=1``.
+    same result as ``jobs=1``. The flows' dissected events are dropped once their rules ran
+    (``summary.events == ()``: the reports never read them) unless ``keep_events`` or
+    ``keep_streams`` is given.
     """
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
     with gc_tuned():
-        return _analyze(paths, settings, progress, keep_streams, jobs, engine, scheduler)
+        return _analyze(paths, settings, progress, keep_streams, jobs, engine, scheduler,
+                        keep_events or keep_streams)
 
 
 def _analyze(paths: list[str], settings: Settings, progress: bool, keep_streams: bool, jobs: int, engine: str,
-             scheduler: str | None) -> AnalysisResult:
+             scheduler: str | None, keep_events: bool) -> AnalysisResult:
     if engine == "dask":
         from analyzer.dask_engine import analyze_dask
 
@@ -166,19 +169,27 @@ def _analyze(paths: list[str], settings: Settings, progress: bool, keep_streams:
                      for i, p in enumerate(paths)]
         else:
             parts = analyze_files(paths, settings, jobs=n, progress=progress, keep_streams=keep_streams)
-    return finish(parts, settings)
+    return finish(parts, settings, keep_events=keep_events)
 
 
-def finish(parts: list[tuple[CaptureResult, list[FlowSummary]]], settings: Settings) -> AnalysisResult:
-    """The cross-flow stages, once over every capture's flows: ids, records, rules (hop chains)."""
-    gc.freeze()  # the flows and their events live on: the collector need not walk them again and again
+def finish(parts: list[tuple[CaptureResult, list[FlowSummary]]], settings: Settings, *,
+           keep_events: bool = False) -> AnalysisResult:
+    """The cross-flow stages, once over every capture's flows: ids, records, rules (hop chains).
+
+    One pass over the flows in id order, :data:`~analyzer.rules.RULE_BATCH_FLOWS` at a time:
+    their records, their per-flow rules, then (unless ``keep_events``) their events are
+    dropped; then the hop chains and the rules across flows (:class:`analyzer.rules.RuleRun`).
+    So each flow's events are read once, and only a batch of flows holds them at a time.
+    """
+    gc.freeze()  # the flows live on: the collector need not walk them again and again
     try:
-        return _finish(parts, settings)
+        return _finish(parts, settings, keep_events)
     finally:
         gc.unfreeze()
 
 
-def _finish(parts: list[tuple[CaptureResult, list[FlowSummary]]], settings: Settings) -> AnalysisResult:
+def _finish(parts: list[tuple[CaptureResult, list[FlowSummary]]], settings: Settings,
+            keep_events: bool) -> AnalysisResult:
     captures = [c for c, _ in parts]
     summaries = [f for _, flows in parts for f in flows]
     summaries.sort(key=lambda f: f.key)
@@ -187,10 +198,31 @@ def _finish(parts: list[tuple[CaptureResult, list[FlowSummary]]], settings: Sett
         for i, f in enumerate(summaries)
     ]
     records: list[ForwardingRecord] = []
+    ctx = RuleContext(records, flows_out, settings, excerpt_len=settings.excerpt_len)
+    run = RuleRun(ctx)
+    batch: list[tuple[FlowResult | None, list[ForwardingRecord]]] = []
+    held: list[tuple[FlowSummary, Any]] = []  # the batch's summaries and the events they came with
+
+    def run_batch() -> None:
+        run.flows(batch)
+        for summary, events in held:
+            summary.events = events if keep_events else ()
+        batch.clear()
+        held.clear()
+
     for f in flows_out:
         s = f.summary
-        if s.events:
-            records.extend(build_records(f.id, s.capture, s.protocol, s.client, s.server, s.events))
-    ctx = RuleContext(records, flows_out, settings, excerpt_len=settings.excerpt_len)
-    findings = run_rules(ctx)
+        events = s.events
+        recs: list[ForwardingRecord] = []
+        if events:
+            if type(events) is not list and type(events) is not tuple:
+                s.events = list(events)  # read once (events on disk load here) for the records and every rule
+            recs = build_records(f.id, s.capture, s.protocol, s.client, s.server, s.events)
+            records.extend(recs)
+        batch.append((f, recs))
+        held.append((s, events))
+        if len(batch) >= RULE_BATCH_FLOWS:
+            run_batch()
+    run_batch()
+    findings = run.finish()
     return AnalysisResult(captures, flows_out, records, findings, list(ctx.chains), settings)

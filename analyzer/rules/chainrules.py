@@ -15,7 +15,9 @@
   client's connection was cleartext (no implicit TLS, no STARTTLS), or the other
   way round.
 
-Strategy: every rule looks at consecutive hops of each chain. Chains that share
+Strategy: every rule looks at consecutive hops of each chain (``check_global``); the only
+thing read from events, the referral replies of a hop's flow, is counted flow by flow in
+``check_flow`` (the one pass over the flows, :mod:`analyzer.rules`). Chains that share
 their first hops (one leaf per chain) would repeat a finding, so each finding is
 made once per (rule, later hop, detail). A finding's ``flow`` is the later hop's
 flow, ``flows`` every hop of the chain in order, ``frames`` the later hop's
@@ -28,10 +30,11 @@ import dataclasses
 import re
 from collections.abc import Iterator
 
+from analyzer.flows.model import FlowResult
 from analyzer.forwarding.model import ForwardingRecord
 from analyzer.model import Endpoint
 from analyzer.protocols.base import Reply
-from analyzer.rules import RuleContext
+from analyzer.rules import RuleContext, flow_groups
 from analyzer.rules.base import Finding, RuleInfo, Severity
 from analyzer.rules.chains import Chain, Hop, session_key
 
@@ -69,10 +72,40 @@ TRANSPORT_KEYS = frozenset({"x-client-transport", "client-transport"})  # spec 1
 TLS_PREFIX = "TLS"  # "prefix TLS means secured" (cmd_id_x_client_transport(), spec 1.3)
 LMTP_SUFFIXES_RE = re.compile(r"(?::[TPR][0-9]+)+")  # spec 4.3: :T<n>, :P<n>, :R<n> appended by lib-smtp/LMTP
 MAX_SHARED_PER_SESSION = 16  # our bound on A-C5 "shared" findings per session id
+_FACTS_KEY = "chainrules"  # this module's entry in RuleContext.facts: flow id -> referral replies
 
 
 def _ep(e: Endpoint) -> str:
     return f"{e.ip}:{e.port}" if e.port else e.ip
+
+
+def _count_referrals(flow: FlowResult) -> int:
+    """Referral replies of one flow."""
+    n = 0
+    for le in flow.summary.events:
+        ev = le.event
+        if type(ev) is Reply and "[" in ev.text and REFERRAL in ev.text.upper():
+            n += 1
+    return n
+
+
+def _note_referrals(notes: dict[int, int], flow: FlowResult, recs: list[ForwardingRecord]) -> None:
+    # only a flow with records can be a hop whose referrals count (redirects() reads forwarding hops)
+    if recs:
+        n = _count_referrals(flow)
+        if n:
+            notes[flow.id] = n
+
+
+def _referrals(ctx: RuleContext) -> dict[int, int]:
+    """Flow id -> referral replies, as check_flow noted them (noted now when it did not run on this context)."""
+    notes = ctx.facts.get(_FACTS_KEY)
+    if not isinstance(notes, dict):
+        notes = ctx.facts[_FACTS_KEY] = {}
+        for flow, recs in flow_groups(ctx):
+            if flow is not None:
+                _note_referrals(notes, flow, recs)
+    return notes
 
 
 class _Context:
@@ -81,7 +114,7 @@ class _Context:
     def __init__(self, ctx: RuleContext) -> None:
         self.ctx = ctx
         self.seen: set[tuple[str, int, str]] = set()
-        self.referrals: dict[int, int] = {}
+        self.referrals = _referrals(ctx)
         # hop (flow, record_index) -> later hops that follow it in some chain (for redirect siblings)
         self.children: dict[tuple[int, int], dict[tuple[int, int], Hop]] = {}
         self.chains_of_record: dict[int, set[int]] = {}
@@ -108,16 +141,7 @@ class _Context:
         return ()
 
     def referral_count(self, flow: int) -> int:
-        n = self.referrals.get(flow)
-        if n is None:
-            n = 0
-            if 0 <= flow < len(self.ctx.flows):
-                for le in self.ctx.flows[flow].summary.events:
-                    ev = le.event
-                    if type(ev) is Reply and REFERRAL in ev.text.upper():
-                        n += 1
-            self.referrals[flow] = n
-        return n
+        return self.referrals.get(flow, 0)
 
     def redirects(self, prev: Hop, cur: Hop) -> int:
         """Redirects between two hops: referrals on the earlier hop and on the same proxy's earlier attempts."""
@@ -315,8 +339,18 @@ def _shared_sessions(c: _Context) -> Iterator[Finding | None]:
         yield dataclasses.replace(f, flows=(ref.flow, r.flow) if ref.flow != r.flow else (r.flow,))
 
 
-def check(ctx: RuleContext) -> Iterator[Finding]:
-    """Every chain finding."""
+def check_flow(ctx: RuleContext, flow: FlowResult | None, recs: list[ForwardingRecord]) -> Iterator[Finding]:
+    """No finding (the chain rules compare hops of several flows): notes the flow's referral replies."""
+    notes = ctx.facts.get(_FACTS_KEY)
+    if not isinstance(notes, dict):
+        notes = ctx.facts[_FACTS_KEY] = {}
+    if flow is not None:
+        _note_referrals(notes, flow, recs)
+    return iter(())
+
+
+def check_global(ctx: RuleContext) -> Iterator[Finding]:
+    """Every chain finding (``ctx.chains`` must be built)."""
     c = _Context(ctx)
     for chain in ctx.chains:
         if not isinstance(chain, Chain):
@@ -328,3 +362,10 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
     for f in _shared_sessions(c):
         if f is not None:
             yield f
+
+
+def check(ctx: RuleContext) -> Iterator[Finding]:
+    """Every chain finding."""
+    for flow, recs in flow_groups(ctx):
+        yield from check_flow(ctx, flow, recs)
+    yield from check_global(ctx)

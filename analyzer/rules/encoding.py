@@ -20,10 +20,11 @@ from collections.abc import Iterator
 
 from analyzer.forwarding.blobs import DOVECOT_REJECTS
 from analyzer.forwarding.extract import IMAP_FORWARD_PREFIX, IMAP_FORWARDING_KEYS, is_imap_forwarding_key
+from analyzer.flows.model import FlowResult
 from analyzer.forwarding.model import ForwardingRecord, ParamDetail
-from analyzer.rules import RuleContext
+from analyzer.rules import RuleContext, flow_groups
 from analyzer.rules.base import Finding, RuleInfo, Severity
-from analyzer.rules.protocol import flow_of, records_by_flow, server_software
+from analyzer.rules.protocol import by_command, server_software
 
 #: passdb extra fields that change authentication or routing (docs: passdb extra fields; spec 5.3 / A-C6)
 SECURITY_FIELDS = frozenset({
@@ -482,46 +483,44 @@ def _duplicates(ctx: RuleContext, r: ForwardingRecord) -> Iterator[Finding]:
     )
 
 
-def _repeated(ctx: RuleContext) -> Iterator[Finding]:
-    for flow_id, recs in records_by_flow(ctx.records).items():
-        xcl = [r for r in recs if r.carrier == "XCLIENT"]
-        if len(xcl) < 2:
-            continue
-        fl = flow_of(ctx, flow_id)
-        software = server_software(fl) if fl is not None else None
-        seen: dict[str, ForwardingRecord] = {}
-        addr_sent: ForwardingRecord | None = None
-        for r in xcl:
-            names = {n.upper() for n, _ in r.params}
-            again = sorted(n for n in names if n in seen)
-            if r.protocol == "pop3":
-                prev = xcl[0] if r is not xcl[0] else None
-                if prev is not None:
-                    yield ctx.record_finding(
-                        REPEATED, r,
-                        f"A further POP3 {r.verb} on this connection (the first was command #{prev.command_seq}): "
-                        "it re-applies attributes and a new FORWARD replaces the earlier list.",
-                        [("first_command_frames", ",".join(map(str, prev.frames))), ("repeated", ",".join(again))],
-                    )
-            elif again:
-                first = seen[again[0]]
+def _repeated(ctx: RuleContext, ordered: list[ForwardingRecord], software: str | None) -> Iterator[Finding]:
+    """``ordered``: one flow's records in command order."""
+    xcl = [r for r in ordered if r.carrier == "XCLIENT"]
+    if len(xcl) < 2:
+        return
+    seen: dict[str, ForwardingRecord] = {}
+    addr_sent: ForwardingRecord | None = None
+    for r in xcl:
+        names = {n.upper() for n, _ in r.params}
+        again = sorted(n for n in names if n in seen)
+        if r.protocol == "pop3":
+            prev = xcl[0] if r is not xcl[0] else None
+            if prev is not None:
                 yield ctx.record_finding(
                     REPEATED, r,
-                    f"XCLIENT repeats {', '.join(again)} already sent in command #{first.command_seq} on this "
-                    "connection: the later value overrides the earlier one.",
-                    [("attributes", ",".join(again)), ("first_command_frames", ",".join(map(str, first.frames)))],
+                    f"A further POP3 {r.verb} on this connection (the first was command #{prev.command_seq}): "
+                    "it re-applies attributes and a new FORWARD replaces the earlier list.",
+                    [("first_command_frames", ",".join(map(str, prev.frames))), ("repeated", ",".join(again))],
                 )
-            elif software == "postfix" and addr_sent is not None:
-                yield ctx.record_finding(
-                    REPEATED, r,
-                    f"This XCLIENT follows command #{addr_sent.command_seq}, which already changed ADDR/NAME on "
-                    "Postfix: Postfix re-checks authorization against the new address and may refuse it (550).",
-                    [("addr_command_frames", ",".join(map(str, addr_sent.frames)))],
-                )
-            for n in names:
-                seen.setdefault(n, r)
-            if addr_sent is None and names & {"ADDR", "NAME"}:
-                addr_sent = r
+        elif again:
+            first = seen[again[0]]
+            yield ctx.record_finding(
+                REPEATED, r,
+                f"XCLIENT repeats {', '.join(again)} already sent in command #{first.command_seq} on this "
+                "connection: the later value overrides the earlier one.",
+                [("attributes", ",".join(again)), ("first_command_frames", ",".join(map(str, first.frames)))],
+            )
+        elif software == "postfix" and addr_sent is not None:
+            yield ctx.record_finding(
+                REPEATED, r,
+                f"This XCLIENT follows command #{addr_sent.command_seq}, which already changed ADDR/NAME on "
+                "Postfix: Postfix re-checks authorization against the new address and may refuse it (550).",
+                [("addr_command_frames", ",".join(map(str, addr_sent.frames)))],
+            )
+        for n in names:
+            seen.setdefault(n, r)
+        if addr_sent is None and names & {"ADDR", "NAME"}:
+            addr_sent = r
 
 
 # --- IMAP-specific, XRCPTFORWARD, cleartext ----------------------------------------------------
@@ -565,32 +564,29 @@ def _xrcptforward(ctx: RuleContext, r: ForwardingRecord) -> Iterator[Finding]:
             [("reply_code", rep.code), ("reply_text", rep.text), ("reply_frames", ",".join(map(str, rep.frames)))])
 
 
-def _cleartext(ctx: RuleContext) -> Iterator[Finding]:
-    for flow_id, recs in records_by_flow(ctx.records).items():
-        fwd = [r for r in recs if r.forwarding]
-        if not fwd:
-            continue
-        fl = flow_of(ctx, flow_id)
-        tls = fl.summary.tls if fl is not None else None
-        first = fwd[0]
-        carriers = sorted({r.carrier for r in fwd})
-        yield ctx.record_finding(
-            CLEARTEXT, first,
-            f"{len(fwd)} forwarding command(s) ({', '.join(carriers)}) crossed the network in cleartext"
-            + (" before STARTTLS" if tls == "starttls" else "") + ": anyone on the path can read the end client's "
-            "address and forwarded variables.",
-            [("commands", len(fwd)), ("carriers", ",".join(carriers)), ("tls", tls or "none")],
-        )
+def _cleartext(ctx: RuleContext, flow: FlowResult | None, ordered: list[ForwardingRecord]) -> Iterator[Finding]:
+    """``ordered``: one flow's records in command order."""
+    fwd = [r for r in ordered if r.forwarding]
+    if not fwd:
+        return
+    tls = flow.summary.tls if flow is not None else None
+    first = fwd[0]
+    carriers = sorted({r.carrier for r in fwd})
+    yield ctx.record_finding(
+        CLEARTEXT, first,
+        f"{len(fwd)} forwarding command(s) ({', '.join(carriers)}) crossed the network in cleartext"
+        + (" before STARTTLS" if tls == "starttls" else "") + ": anyone on the path can read the end client's "
+        "address and forwarded variables.",
+        [("commands", len(fwd)), ("carriers", ",".join(carriers)), ("tls", tls or "none")],
+    )
 
 
-def check(ctx: RuleContext) -> Iterator[Finding]:
-    """Every encoding finding."""
-    software: dict[int, str | None] = {}
-    for r in ctx.records:
-        if r.flow not in software:
-            fl = flow_of(ctx, r.flow)
-            software[r.flow] = server_software(fl) if fl is not None else None
-        sw = software[r.flow]
+def check_flow(ctx: RuleContext, flow: FlowResult | None, recs: list[ForwardingRecord]) -> Iterator[Finding]:
+    """The encoding findings of one flow: each record's, then repeated XCLIENTs, then cleartext."""
+    if not recs:
+        return
+    sw = server_software(flow) if flow is not None else None
+    for r in recs:
         if r.carrier == "ID" and not r.forwarding:
             continue  # an end client's own ID: nothing forwarded
         judged = _judged(r)
@@ -604,5 +600,18 @@ def check(ctx: RuleContext) -> Iterator[Finding]:
         if r.carrier == "ID":
             yield from _imap(ctx, r)
         yield from _xrcptforward(ctx, r)
-    yield from _repeated(ctx)
-    yield from _cleartext(ctx)
+    ordered = by_command(recs)
+    yield from _repeated(ctx, ordered, sw)
+    yield from _cleartext(ctx, flow, ordered)
+
+
+def check_global(ctx: RuleContext) -> Iterator[Finding]:
+    """None: every encoding rule reads one command or one flow."""
+    return iter(())
+
+
+def check(ctx: RuleContext) -> Iterator[Finding]:
+    """Every encoding finding."""
+    for flow, recs in flow_groups(ctx):
+        yield from check_flow(ctx, flow, recs)
+    yield from check_global(ctx)

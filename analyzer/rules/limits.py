@@ -20,15 +20,14 @@ from analyzer.flows.model import FlowResult
 from analyzer.forwarding.extract import IMAP_FORWARD_PREFIX
 from analyzer.forwarding.model import ForwardingRecord
 from analyzer.protocols.base import Command, LocatedEvent, Reply
-from analyzer.rules import RuleContext
+from analyzer.rules import RuleContext, flow_groups
 from analyzer.rules.base import Finding, RuleInfo, Severity
 from analyzer.rules.protocol import (
     LOGIN_MAX_INBUF_SIZE,
     OVERFLOW_REPLY_RE,
+    by_command,
     event_finding,
-    flow_of,
     frames_text,
-    records_by_flow,
     server_software,
 )
 
@@ -173,9 +172,10 @@ def _smtp(ctx: RuleContext, r: ForwardingRecord, software: str | None) -> Iterat
                 )
 
 
-def _record_rules(ctx: RuleContext) -> Iterator[Finding]:
-    software: dict[int, str | None] = {}
-    for r in ctx.records:
+def _record_rules(ctx: RuleContext, flow: FlowResult | None, recs: list[ForwardingRecord]) -> Iterator[Finding]:
+    software: str | None = None
+    software_known = False
+    for r in recs:
         if r.carrier == "ID":
             yield from _imap(ctx, r)
         elif r.protocol == "pop3" and r.carrier == "XCLIENT":
@@ -188,10 +188,10 @@ def _record_rules(ctx: RuleContext) -> Iterator[Finding]:
                     [("content_bytes", _content_len(r)), ("limit", POP3_XCLIENT_MAX_CONTENT)],
                 )
         elif r.carrier in ("XCLIENT", "XRCPTFORWARD"):
-            if r.flow not in software:
-                fl = flow_of(ctx, r.flow)
-                software[r.flow] = server_software(fl) if fl is not None else None
-            yield from _smtp(ctx, r, software[r.flow])
+            if not software_known:
+                software = server_software(flow) if flow is not None else None
+                software_known = True
+            yield from _smtp(ctx, r, software)
         yield from _forward_names(ctx, r)
 
 
@@ -208,44 +208,58 @@ def _cause(flow: FlowResult, idx: int, rep: Reply) -> LocatedEvent | None:
     return None
 
 
-def _overflow_replies(ctx: RuleContext) -> Iterator[Finding]:
-    grouped = records_by_flow(ctx.records)
-    for flow in ctx.flows:
-        recs = {r.command_seq: r for r in grouped.get(flow.id, [])}
-        for idx, le in enumerate(flow.summary.events):
-            rep = le.event
-            if type(rep) is not Reply:
-                continue
-            m = OVERFLOW_REPLY_RE.search(rep.text)
-            if m is None:
-                continue
-            cause = _cause(flow, idx, rep)
-            cmd = cause.event if cause is not None else None
-            reply_text = f"{rep.status} {rep.text}"
-            if cause is None or type(cmd) is not Command:
-                yield event_finding(
-                    ctx, OVERFLOW_REPLY, flow, le,
-                    f"The server answered {reply_text!r} but the command it was reading is not in the capture.",
-                    [("reply", reply_text), ("reply_frames", frames_text(le.frames))], severity=Severity.INFO)
-                continue
-            rec = recs.get(cmd.seq)
-            facts: list[tuple[str, object]] = [
-                ("reply", reply_text), ("reply_frames", frames_text(le.frames)), ("command", cmd.verb),
-                ("command_frames", frames_text(cause.frames)), ("command_line_len", cmd.line_len)]
-            if rec is not None and rec.forwarding:
-                yield ctx.record_finding(
-                    OVERFLOW_REPLY, rec,
-                    f"The server answered {reply_text!r} to this {rec.verb} of {rec.line_len} bytes: every "
-                    "forwarded field in it was lost.",
-                    facts, frames=cause.frames)
-            else:
-                yield event_finding(
-                    ctx, OVERFLOW_REPLY, flow, cause,
-                    f"The server answered {reply_text!r} to the {cmd.verb} command of {cmd.line_len} bytes.",
-                    facts, severity=Severity.INFO)
+def _overflow_replies(ctx: RuleContext, flow: FlowResult, records: list[ForwardingRecord]) -> Iterator[Finding]:
+    recs: dict[int, ForwardingRecord] | None = None  # made when a reply needs it (most flows: never)
+    for idx, le in enumerate(flow.summary.events):
+        rep = le.event
+        if type(rep) is not Reply:
+            continue
+        m = OVERFLOW_REPLY_RE.search(rep.text)
+        if m is None:
+            continue
+        cause = _cause(flow, idx, rep)
+        cmd = cause.event if cause is not None else None
+        reply_text = f"{rep.status} {rep.text}"
+        if cause is None or type(cmd) is not Command:
+            yield event_finding(
+                ctx, OVERFLOW_REPLY, flow, le,
+                f"The server answered {reply_text!r} but the command it was reading is not in the capture.",
+                [("reply", reply_text), ("reply_frames", frames_text(le.frames))], severity=Severity.INFO)
+            continue
+        if recs is None:
+            recs = {r.command_seq: r for r in by_command(records)}
+        rec = recs.get(cmd.seq)
+        facts: list[tuple[str, object]] = [
+            ("reply", reply_text), ("reply_frames", frames_text(le.frames)), ("command", cmd.verb),
+            ("command_frames", frames_text(cause.frames)), ("command_line_len", cmd.line_len)]
+        if rec is not None and rec.forwarding:
+            yield ctx.record_finding(
+                OVERFLOW_REPLY, rec,
+                f"The server answered {reply_text!r} to this {rec.verb} of {rec.line_len} bytes: every "
+                "forwarded field in it was lost.",
+                facts, frames=cause.frames)
+        else:
+            yield event_finding(
+                ctx, OVERFLOW_REPLY, flow, cause,
+                f"The server answered {reply_text!r} to the {cmd.verb} command of {cmd.line_len} bytes.",
+                facts, severity=Severity.INFO)
+
+
+def check_flow(ctx: RuleContext, flow: FlowResult | None, recs: list[ForwardingRecord]) -> Iterator[Finding]:
+    """The size-limit findings of one flow: its records' sizes, then its overflow replies."""
+    if recs:
+        yield from _record_rules(ctx, flow, recs)
+    if flow is not None:
+        yield from _overflow_replies(ctx, flow, recs)
+
+
+def check_global(ctx: RuleContext) -> Iterator[Finding]:
+    """None: every size-limit rule reads one flow."""
+    return iter(())
 
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
     """Every size-limit finding."""
-    yield from _record_rules(ctx)
-    yield from _overflow_replies(ctx)
+    for flow, recs in flow_groups(ctx):
+        yield from check_flow(ctx, flow, recs)
+    yield from check_global(ctx)

@@ -35,7 +35,7 @@ from analyzer.protocols.base import (
     Xclient,
     wire_bytes,
 )
-from analyzer.rules import RuleContext
+from analyzer.rules import RuleContext, flow_groups
 from analyzer.rules.base import Finding, RuleInfo, Severity
 
 # --- shared helpers ------------------------------------------------------------------------
@@ -53,24 +53,13 @@ SMTP_FAMILY = frozenset({"smtp", "submission", "lmtp"})
 POSTFIX_ONLY_XCLIENT_ATTRS = frozenset({"NAME", "REVERSE_NAME"})  # postfix smtpd.c EHLO XCLIENT line; Dovecot lacks them
 
 
-def flow_of(ctx: RuleContext, flow_id: int) -> FlowResult | None:
-    """The flow with this id, or None when the context does not hold it."""
-    if 0 <= flow_id < len(ctx.flows) and ctx.flows[flow_id].id == flow_id:
-        return ctx.flows[flow_id]
-    for f in ctx.flows:
-        if f.id == flow_id:
-            return f
-    return None
+def _command_seq(r: ForwardingRecord) -> int:
+    return r.command_seq
 
 
-def records_by_flow(records: Iterable[ForwardingRecord]) -> dict[int, list[ForwardingRecord]]:
-    """Records grouped by flow id, each list in command order."""
-    out: dict[int, list[ForwardingRecord]] = {}
-    for r in records:
-        out.setdefault(r.flow, []).append(r)
-    for lst in out.values():
-        lst.sort(key=lambda r: r.command_seq)
-    return out
+def by_command(recs: list[ForwardingRecord]) -> list[ForwardingRecord]:
+    """One flow's records in command order (a stable sort: records of one command keep their order)."""
+    return sorted(recs, key=_command_seq) if len(recs) > 1 else recs
 
 
 def event_excerpt(ev: Event, limit: int = 256) -> bytes:
@@ -687,17 +676,29 @@ def _check_restart(ctx: RuleContext, flow: FlowResult, cmds: dict[int, CommandIn
 # --- entry point ---------------------------------------------------------------------------
 
 
+def check_flow(ctx: RuleContext, flow: FlowResult | None, recs: list[ForwardingRecord]) -> Iterator[Finding]:
+    """The protocol findings of one flow (its anomalies, then its sequencing)."""
+    if flow is None:
+        return
+    recs = by_command(recs)
+    yield from _check_anomalies(ctx, flow, recs)
+    proto = flow.summary.protocol
+    if proto == "imap":
+        yield from _check_multiplex(ctx, flow, recs)
+        yield from _check_imap(ctx, flow, recs)
+    elif proto == "pop3":
+        yield from _check_pop3(ctx, flow, recs)
+    elif proto in SMTP_FAMILY:
+        yield from _check_smtp(ctx, flow, recs)
+
+
+def check_global(ctx: RuleContext) -> Iterator[Finding]:
+    """None: every protocol rule reads one flow."""
+    return iter(())
+
+
 def check(ctx: RuleContext) -> Iterator[Finding]:
     """Every protocol finding of every flow."""
-    grouped = records_by_flow(ctx.records)
-    for flow in ctx.flows:
-        recs = grouped.get(flow.id, [])
-        yield from _check_anomalies(ctx, flow, recs)
-        proto = flow.summary.protocol
-        if proto == "imap":
-            yield from _check_multiplex(ctx, flow, recs)
-            yield from _check_imap(ctx, flow, recs)
-        elif proto == "pop3":
-            yield from _check_pop3(ctx, flow, recs)
-        elif proto in SMTP_FAMILY:
-            yield from _check_smtp(ctx, flow, recs)
+    for flow, recs in flow_groups(ctx):
+        yield from check_flow(ctx, flow, recs)
+    yield from check_global(ctx)

@@ -19,6 +19,7 @@ import functools
 import ipaddress
 from collections.abc import Iterator
 
+from analyzer.flows.model import FlowResult
 from analyzer.forwarding.model import ForwardingRecord
 from analyzer.forwarding.sessionid import (
     LMTP_GUID_B64_LEN,
@@ -28,7 +29,7 @@ from analyzer.forwarding.sessionid import (
     SessionIdInfo,
     decode_session_id,
 )
-from analyzer.rules import RuleContext
+from analyzer.rules import RuleContext, flow_groups
 from analyzer.rules.base import Finding, RuleInfo, Severity
 
 SESSION_KEYS = frozenset({"x-session-id", "x-session-ext-id", "session"})  # spec 1.3 / 2.3 / 3.3, lower-cased
@@ -183,7 +184,19 @@ def _one(ctx: RuleContext, r: ForwardingRecord) -> Iterator[Finding]:
             )
 
 
+def check_flow(ctx: RuleContext, flow: FlowResult | None, recs: list[ForwardingRecord]) -> Iterator[Finding]:
+    """The session-ID findings of one flow's records."""
+    for r in recs:
+        yield from _one(ctx, r)
+
+
+def check_global(ctx: RuleContext) -> Iterator[Finding]:
+    """None: every session-ID rule reads one record (reuse across chains is a chain rule)."""
+    return iter(())
+
+
 def check(ctx: RuleContext) -> Iterator[Finding]:
     """Every per-record session-ID finding."""
-    for r in ctx.records:
-        yield from _one(ctx, r)
+    for flow, recs in flow_groups(ctx):
+        yield from check_flow(ctx, flow, recs)
+    yield from check_global(ctx)

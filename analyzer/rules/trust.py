@@ -26,11 +26,13 @@ Rules (spec section 8):
   proxy form (tag, key order, attribute order of spec 1.2, 2.3 and 3.4). HIGH when
   the server accepted it as trusted.
 
-Strategy: the flows that carry forwarding are walked once to note, per command,
-what the server had advertised before it; version hints (``* ID`` version,
-``Trusted ID completed.``, ``* MULTIPLEX``, the Dovecot XCLIENT capability list,
-which changed in 2.3.18, 2.4.0 and 2.4.3) are collected per server endpoint and
-per host, and a version is used only when all hints agree.
+Strategy: every rule here compares senders, servers or chains across flows, so all
+findings come from ``check_global``; what they need from the events is noted flow by
+flow in ``check_flow`` (the one pass over the flows, :mod:`analyzer.rules`): for each
+forwarding command, what the server had advertised before it; and version hints
+(``* ID`` version, ``Trusted ID completed.``, ``* MULTIPLEX``, the Dovecot XCLIENT
+capability list, which changed in 2.3.18, 2.4.0 and 2.4.3), collected per server
+endpoint and per host. A version is used only when all hints agree.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from dataclasses import dataclass
 from analyzer.flows.model import FlowResult
 from analyzer.forwarding.model import ForwardingRecord
 from analyzer.protocols.base import Capabilities, Command, Greeting, Reply
-from analyzer.rules import RuleContext
+from analyzer.rules import RuleContext, flow_groups
 from analyzer.rules.base import Finding, RuleInfo, Severity
 from analyzer.rules.trustconf import TrustConfig, TrustDecision
 
@@ -97,6 +99,8 @@ V2_4_0 = (2, 4, 0)  # CLIENT-TRANSPORT/DESTNAME, x-multiplex, x-client-transport
 V2_4_3 = (2, 4, 3)  # DESTADDR/DESTPORT in XCLIENT (spec 2.3, 3.2)
 _V_MIN = (0, 0, 0)
 _V_MAX = (99, 99, 99)
+RANGE_MEMO_SIZE = 1024  # ours: distinct EHLO/LHLO capability lists whose version range is remembered
+_FACTS_KEY = "trust"  # this module's entry in RuleContext.facts
 
 #: Dovecot proxy ID key order (spec 1.2); "x-forward-" stands for every x-forward-<name>
 IMAP_PROXY_ORDER = ("x-multiplex", "x-session-id", "x-originating-ip", "x-originating-port", "x-connected-ip",
@@ -197,15 +201,34 @@ def _dovecot_xclient_range(words: list[str]) -> tuple[Version, Version] | None:
     return (2, 3, 0), (2, 3, 17)
 
 
-def _collect_versions(flows: Sequence[FlowResult], hosts: set[str]) -> _Versions:
-    vers = _Versions()
-    # EHLO/LHLO capability lists repeat from flow to flow (one server, one list): read each distinct one once;
-    # the memo lives for this call and holds at most one entry per Capabilities event
-    ranges: dict[tuple[str, ...], tuple[Version, Version] | None] = {}
-    for f in flows:
+class _Facts:
+    """What the trust rules need from the flows' events, noted flow by flow (``check_flow``)."""
+
+    __slots__ = ("versions", "ranges", "adverts")
+
+    def __init__(self) -> None:
+        #: version hints of every server that gave any (looked up only for servers that received forwarding:
+        #: the hints of one endpoint or host come from its own flows, so the others change nothing)
+        self.versions = _Versions()
+        #: EHLO/LHLO capability lists repeat from flow to flow (one server, one list): each distinct one read
+        #: once (a memo: emptied when full)
+        self.ranges: dict[tuple[str, ...], tuple[Version, Version] | None] = {}
+        #: (flow id, command seq) -> what the server had advertised before that forwarding command
+        self.adverts: dict[tuple[int, int], _Advert] = {}
+
+    def add_flow(self, f: FlowResult, recs: Sequence[ForwardingRecord]) -> None:
         s = f.summary
-        if s.server.ip not in hosts or not s.events:
-            continue
+        if not s.events:
+            return
+        seqs = {r.command_seq for r in recs if r.forwarding}
+        if seqs:
+            for seq, adv in _adverts(f, seqs).items():
+                self.adverts[(f.id, seq)] = adv
+        self._add_versions(f)
+
+    def _add_versions(self, f: FlowResult) -> None:
+        s = f.summary
+        vers, ranges = self.versions, self.ranges
         ip, port = s.server.ip, s.server.port
         for le in s.events:
             ev = le.event
@@ -225,11 +248,23 @@ def _collect_versions(flows: Sequence[FlowResult], hosts: set[str]) -> _Versions
                 if items in ranges:
                     rng = ranges[items]
                 else:
+                    if len(ranges) >= RANGE_MEMO_SIZE:
+                        ranges.clear()
                     words = _xclient_words(items)
                     rng = ranges[items] = _dovecot_xclient_range(words) if words is not None else None
                 if rng is not None:
                     vers.add(ip, port, rng[0], rng[1])
-    return vers
+
+
+def _facts(ctx: RuleContext) -> _Facts:
+    """The facts ``check_flow`` noted (noted now, from every flow, when it did not run on this context)."""
+    facts = ctx.facts.get(_FACTS_KEY)
+    if not isinstance(facts, _Facts):
+        facts = ctx.facts[_FACTS_KEY] = _Facts()
+        for flow, recs in flow_groups(ctx):
+            if flow is not None:
+                facts.add_flow(flow, recs)
+    return facts
 
 
 def _adverts(flow: FlowResult, seqs: set[int]) -> dict[int, _Advert]:
@@ -392,15 +427,9 @@ class _Checker:
         self.trust: TrustConfig | None = trust if isinstance(trust, TrustConfig) else None
         fwd = [r for r in ctx.records if r.forwarding]
         self.records = fwd
-        by_flow: dict[int, set[int]] = {}
-        for r in fwd:
-            by_flow.setdefault(r.flow, set()).add(r.command_seq)
-        self.adverts: dict[tuple[int, int], _Advert] = {}
-        for flow_id, seqs in by_flow.items():
-            if 0 <= flow_id < len(ctx.flows):
-                for seq, adv in _adverts(ctx.flows[flow_id], seqs).items():
-                    self.adverts[(flow_id, seq)] = adv
-        self.versions = _collect_versions(ctx.flows, {r.receiver.ip for r in fwd})
+        facts = _facts(ctx)
+        self.adverts = facts.adverts
+        self.versions = facts.versions
         self.decisions: dict[int, TrustDecision | None] = {}
         for i, r in enumerate(fwd):
             d = (self.trust.decide(r.sender.ip, r.receiver.ip, r.protocol)
@@ -602,6 +631,24 @@ class _Checker:
             severity=sev)
 
 
-def check(ctx: RuleContext) -> Iterator[Finding]:
+def check_flow(ctx: RuleContext, flow: FlowResult | None, recs: list[ForwardingRecord]) -> Iterator[Finding]:
+    """No finding: notes what the flow's server advertised and which version it named (every trust rule
+    compares senders, servers and chains across flows: ``check_global``)."""
+    facts = ctx.facts.get(_FACTS_KEY)
+    if not isinstance(facts, _Facts):
+        facts = ctx.facts[_FACTS_KEY] = _Facts()
+    if flow is not None:
+        facts.add_flow(flow, recs)
+    return iter(())
+
+
+def check_global(ctx: RuleContext) -> Iterator[Finding]:
     """Every trust and spoofing finding."""
     yield from _Checker(ctx).run()
+
+
+def check(ctx: RuleContext) -> Iterator[Finding]:
+    """Every trust and spoofing finding."""
+    for flow, recs in flow_groups(ctx):
+        yield from check_flow(ctx, flow, recs)
+    yield from check_global(ctx)

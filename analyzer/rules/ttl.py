@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from analyzer.flows.model import FlowResult
 from analyzer.forwarding.model import ForwardingRecord
 from analyzer.protocols.base import Capabilities, Reply
-from analyzer.rules import RuleContext
+from analyzer.rules import RuleContext, flow_groups
 from analyzer.rules.base import Finding, RuleInfo, Severity
-from analyzer.rules.protocol import CommandInfo, command_index, event_finding, flow_of, frames_text, records_by_flow
+from analyzer.rules.protocol import CommandInfo, by_command, command_index, event_finding, frames_text
 
 UINT_MAX = 0xFFFFFFFF  # lib/strnum.c str_to_uint(): unsigned int; larger values overflow and are rejected
 LOGIN_FIRST_HOP_TTLS = frozenset({4, 6})  # login-proxy.h LOGIN_PROXY_TTL 5 (<=2.3) / 7 (2.4) minus one on the wire
@@ -100,9 +100,9 @@ def _advertised_ttl(flow: FlowResult | None) -> bool:
     return False
 
 
-def _per_record(ctx: RuleContext) -> Iterator[Finding]:
-    grouped = records_by_flow(ctx.records)
-    for r in ctx.records:
+def _per_record(ctx: RuleContext, flow: FlowResult | None, records: list[ForwardingRecord]) -> Iterator[Finding]:
+    ordered: list[ForwardingRecord] | None = None  # in command order, made when a record needs it
+    for r in records:
         key = _ttl_key(r)
         raw = r.ttl_raw
         if raw is not None and r.ttl is None and raw.upper() not in _UNAVAILABLE:
@@ -131,9 +131,10 @@ def _per_record(ctx: RuleContext) -> Iterator[Finding]:
                     [("key", key)],
                 )
             elif r.protocol in ("submission", "lmtp", "smtp"):
-                fl = flow_of(ctx, r.flow)
-                siblings = [x for x in grouped.get(r.flow, []) if x.carrier == "XCLIENT"]
-                if (_advertised_ttl(fl) and not any(n.upper() == "TTL" for x in siblings for n, _ in x.params)
+                if ordered is None:
+                    ordered = by_command(records)
+                siblings = [x for x in ordered if x.carrier == "XCLIENT"]
+                if (_advertised_ttl(flow) and not any(n.upper() == "TTL" for x in siblings for n, _ in x.params)
                         and next(x for x in siblings if _dovecot_form(x)) is r):
                     yield ctx.record_finding(
                         MISSING, r,
@@ -181,53 +182,65 @@ def _start_values(ctx: RuleContext) -> Iterator[Finding]:
             )
 
 
-def _loop_replies(ctx: RuleContext) -> Iterator[Finding]:
-    grouped = records_by_flow(ctx.records)
-    for flow in ctx.flows:
-        recs = [r for r in grouped.get(flow.id, []) if r.forwarding]
-        if not recs:
+def _loop_replies(ctx: RuleContext, flow: FlowResult, records: list[ForwardingRecord]) -> Iterator[Finding]:
+    recs = [r for r in by_command(records) if r.forwarding]
+    if not recs:
+        return
+    cmds: dict[int, CommandInfo] | None = None  # made when a reply needs it (most flows: never)
+    first_fwd = min(r.stream_start for r in recs)
+    ttls = [r.ttl for r in recs if r.ttl is not None]
+    ttl_text = ",".join(str(t) for t in ttls)
+    for le in flow.summary.events:
+        rep = le.event
+        if type(rep) is not Reply or not rep.final:
             continue
-        cmds: dict[int, CommandInfo] | None = None  # made when a reply needs it (most flows: never)
-        first_fwd = min(r.stream_start for r in recs)
-        ttls = [r.ttl for r in recs if r.ttl is not None]
-        ttl_text = ",".join(str(t) for t in ttls)
-        for le in flow.summary.events:
-            rep = le.event
-            if type(rep) is not Reply or not rep.final:
-                continue
-            loop = LMTP_LOOP_RE.search(rep.text) is not None
-            if not loop and ACCOUNT_UNAVAILABLE not in rep.text:
-                continue  # the common case: a reply that says nothing of loops (tested first: cheap)
-            if cmds is None:
-                cmds = command_index(flow)
-            ci = cmds.get(rep.answers) if rep.answers is not None else None
-            cause = ci.cmd if ci is not None else None
-            if cause is not None and cause.event.span.start < first_fwd:
-                continue  # answers a command sent before any forwarding
-            facts: list[tuple[str, object]] = [
-                ("reply", f"{rep.status} {rep.text}"), ("reply_frames", frames_text(le.frames)),
-                ("forwarded_ttl", ttl_text)]
-            if cause is not None:
-                facts.append(("command_frames", frames_text(cause.frames)))
-            evidence = cause or le
-            if loop:
-                yield event_finding(
-                    ctx, LMTP_LOOP, flow, evidence,
-                    f"The LMTP backend answered {rep.status} {rep.text!r}: the proxies loop "
-                    f"(forwarded TTL {ttl_text or 'not seen'}).", facts)
-            else:  # ACCOUNT_UNAVAILABLE in rep.text
-                spent = any(t <= LOGIN_PROXY_MIN_TTL for t in ttls)
-                yield event_finding(
-                    ctx, PROXY_REFUSED, flow, evidence,
-                    f"After forwarding with TTL {ttl_text or 'not seen'} the server answered {rep.status} "
-                    f"{rep.text!r}: "
-                    + ("the TTL was spent, so the proxy refused to go on (a proxy loop)." if spent else
-                       "a proxy further down may have refused (loop) or the backend failed."),
-                    facts, severity=None if spent else Severity.LOW)
+        loop = LMTP_LOOP_RE.search(rep.text) is not None
+        if not loop and ACCOUNT_UNAVAILABLE not in rep.text:
+            continue  # the common case: a reply that says nothing of loops (tested first: cheap)
+        if cmds is None:
+            cmds = command_index(flow)
+        ci = cmds.get(rep.answers) if rep.answers is not None else None
+        cause = ci.cmd if ci is not None else None
+        if cause is not None and cause.event.span.start < first_fwd:
+            continue  # answers a command sent before any forwarding
+        facts: list[tuple[str, object]] = [
+            ("reply", f"{rep.status} {rep.text}"), ("reply_frames", frames_text(le.frames)),
+            ("forwarded_ttl", ttl_text)]
+        if cause is not None:
+            facts.append(("command_frames", frames_text(cause.frames)))
+        evidence = cause or le
+        if loop:
+            yield event_finding(
+                ctx, LMTP_LOOP, flow, evidence,
+                f"The LMTP backend answered {rep.status} {rep.text!r}: the proxies loop "
+                f"(forwarded TTL {ttl_text or 'not seen'}).", facts)
+        else:  # ACCOUNT_UNAVAILABLE in rep.text
+            spent = any(t <= LOGIN_PROXY_MIN_TTL for t in ttls)
+            yield event_finding(
+                ctx, PROXY_REFUSED, flow, evidence,
+                f"After forwarding with TTL {ttl_text or 'not seen'} the server answered {rep.status} "
+                f"{rep.text!r}: "
+                + ("the TTL was spent, so the proxy refused to go on (a proxy loop)." if spent else
+                   "a proxy further down may have refused (loop) or the backend failed."),
+                facts, severity=None if spent else Severity.LOW)
+
+
+def check_flow(ctx: RuleContext, flow: FlowResult | None, recs: list[ForwardingRecord]) -> Iterator[Finding]:
+    """The TTL findings of one flow: its records' TTLs, then its loop replies."""
+    if not recs:
+        return  # both parts judge records (loop replies only on a flow that forwarded)
+    yield from _per_record(ctx, flow, recs)
+    if flow is not None:
+        yield from _loop_replies(ctx, flow, recs)
+
+
+def check_global(ctx: RuleContext) -> Iterator[Finding]:
+    """The first-hop start values (which record is a first hop depends on every record)."""
+    yield from _start_values(ctx)
 
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
     """Every TTL finding."""
-    yield from _per_record(ctx)
-    yield from _start_values(ctx)
-    yield from _loop_replies(ctx)
+    for flow, recs in flow_groups(ctx):
+        yield from check_flow(ctx, flow, recs)
+    yield from check_global(ctx)

@@ -324,7 +324,7 @@ def _rule_calls(n: int, tmp_path: Path) -> int:
     from analyzer.rules import RuleContext, run_rules
 
     path = write_case(CASES["smtp_xclient_100k"], tmp_path, replace(PROFILES["ci"], xclient_repeats=n))
-    result = analyze([str(path)], Settings())
+    result = analyze([str(path)], Settings(), keep_events=True)  # the rules that walk events must see them
     ctx = RuleContext(result.records, result.flows, result.settings)
     count = 0
 
