@@ -1120,7 +1120,8 @@ class Engine:
             s.after_fin_bytes_to_server = c2s.after_fin_bytes
             s.after_fin_bytes_to_client = s2c.after_fin_bytes
         self._done.append(s)
-        self.spool.admit(s)  # its events are final: in memory within the budget, else on disk
+        if how != "eof":  # its events are final: in memory within the budget, else on disk (at the end of the
+            self.spool.admit(s)  # capture they are read next: writing them out would only cost time)
         if fl.flags & _CLOSED:
             # lingering after FIN/RST only counts stragglers: let the buffers and the parser go
             fl.c2s = fl.s2c = _RELEASED
