@@ -23,21 +23,4 @@ def community_id(src_ip: str, src_port: int, dst_ip: str, dst_port: int, proto: 
     if (s, sp) > (d, dp):
         s, d, sp, dp = d, s, dp, sp
     digest = hashlib.sha1(struct.pack("!H", seed) + s + d + struct.pack("!BBHH", proto, 0, sp, dp)).digest()
-    out = "1:" + base64.b64encode(digest).decode("ascii")
-    global _last_out, _last_args
-    if proto == IPPROTO_TCP and seed == 0:
-        _last_args = (src_ip, src_port, dst_ip, dst_port)
-        _last_out = out
-    return out
-
-
-#: the last TCP, seed 0 result of :func:`community_id` and its arguments (see :func:`is_last`)
-_last_out: str | None = None
-_last_args: tuple[str, int, str, int] | None = None
-
-
-def is_last(value: object, src_ip: str, src_port: int, dst_ip: str, dst_port: int) -> bool:
-    """Whether ``value`` is the very string :func:`community_id` last returned, for these arguments
-    (TCP, seed 0): then ``community_id(src_ip, src_port, dst_ip, dst_port)`` gives it again, and a
-    holder (:class:`analyzer.flows.model.FlowResult`) may drop it and compute it when asked."""
-    return value is _last_out and _last_args == (src_ip, src_port, dst_ip, dst_port)
+    return "1:" + base64.b64encode(digest).decode("ascii")

@@ -22,7 +22,6 @@ from typing import Any
 
 from analyzer.capture import CaptureInfo, open_capture
 from analyzer.capture.decode import Decoder
-from analyzer.community_id import community_id
 from analyzer.config import Settings
 from analyzer.errors import CaptureFormatError, ConfigError
 from analyzer.flows.model import FlowResult, FlowSummary
@@ -194,7 +193,7 @@ def _finish(parts: list[tuple[CaptureResult, list[FlowSummary]]], settings: Sett
     summaries = [f for _, flows in parts for f in flows]
     summaries.sort(key=lambda f: f.key)
     flows_out = [
-        FlowResult(i, community_id(f.client.ip, f.client.port, f.server.ip, f.server.port), f)
+        FlowResult(i, None, f)  # the community id is computed when read (no ~80-byte string per flow)
         for i, f in enumerate(summaries)
     ]
     records: list[ForwardingRecord] = []

@@ -298,11 +298,11 @@ RARE_FIELDS = tuple(RareCounts.__dataclass_fields__)
 class FlowResult:
     """A flow of interest with its run-wide id: ``FlowResult(id, community_id, summary)``.
 
-    ``community_id`` (Community ID v1 of the 5-tuple) is not stored when it is the one
-    :func:`analyzer.community_id.community_id` just computed for the summary's endpoints (the
-    pipeline's case): it is computed again on each access (about 4 us), which saves the ~80-byte
-    string of every flow until the reports are written. Any other value (tests pass made-up ids)
-    is stored and returned as given. Compares and prints like the dataclass it was.
+    ``community_id`` (Community ID v1 of the 5-tuple) None means: computed from the summary's
+    endpoints on each read (about 4 us), which saves an ~80-byte string per flow while the
+    flows are held (the pipeline's case; the report remembers the ones findings read). A
+    given value (tests pass made-up ids) is stored and returned as given. Compares and
+    prints like the dataclass it was.
     """
 
     __slots__ = ("id", "summary", "_community_id")
@@ -310,13 +310,10 @@ class FlowResult:
     id: int  #: 0-based, in order of (capture, first frame): deterministic
     summary: FlowSummary
 
-    def __init__(self, id: int, community_id: str, summary: FlowSummary) -> None:  # noqa: A002
+    def __init__(self, id: int, community_id: str | None, summary: FlowSummary) -> None:  # noqa: A002
         self.id = id
         self.summary = summary
-        c, s = summary.client, summary.server
-        self._community_id: str | None = (
-            None if _cid.is_last(community_id, c.ip, c.port, s.ip, s.port) else community_id
-        )
+        self._community_id = community_id
 
     @property
     def community_id(self) -> str:
