@@ -95,6 +95,9 @@ def test_the_real_chooser_on_a_large_report(tmp_path: Path, monkeypatch: pytest.
     # the sample capture made to look large: the chooser picks processes, the bytes stay the same
     monkeypatch.setattr(report_mod, "PARALLEL_MIN_ITEMS", 0)
     monkeypatch.setattr(report_mod, "FORK_S", 0.0)
+    # threads an earlier test left behind (Dask's) would make the chooser stay in one process; the forced-grouping
+    # tests above fork with them too
+    monkeypatch.setattr(report_mod, "can_fork", lambda: True)
     ran: list[int] = []
     real_run = report_mod._run_tasks
     monkeypatch.setattr(report_mod, "_run_tasks", lambda tasks, out: (ran.append(len(tasks)), real_run(tasks, out)))
@@ -105,7 +108,8 @@ def test_the_real_chooser_on_a_large_report(tmp_path: Path, monkeypatch: pytest.
     assert _files(tmp_path / "par") == _files(tmp_path / "seq")
 
 
-def test_chooser_groups() -> None:
+def test_chooser_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report_mod, "can_fork", lambda: True)  # the grouping, not this process's threads
     def sized(flows: int, records: int, findings: int) -> AnalysisResult:
         return SimpleNamespace(flows=[None] * flows, records=[None] * records, findings=[None] * findings,
                                chains=[])  # type: ignore[return-value]
@@ -214,6 +218,9 @@ def test_cli_jobs_gives_the_same_files(tmp_path: Path, monkeypatch: pytest.Monke
     real = report_mod._parallel_tasks
     monkeypatch.setattr(report_mod, "PARALLEL_MIN_ITEMS", 0)
     monkeypatch.setattr(report_mod, "FORK_S", 0.0)
+    # threads an earlier test left behind (Dask's) would make the chooser stay in one process; the forced-grouping
+    # tests above fork with them too
+    monkeypatch.setattr(report_mod, "can_fork", lambda: True)
     monkeypatch.setattr(report_mod, "_parallel_tasks", lambda r, f, j: (seen.append(j), real(r, f, j))[1])
     assert main(["analyze", sample, "-o", str(tmp_path / "j0"), "--jobs", "0", "--format", "html,json,jsonl,csv",
                  "-q"]) == 0
