@@ -29,7 +29,7 @@ frames, so memory and report size stay bounded while nothing found goes unreport
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import import_module
 from types import ModuleType
@@ -130,6 +130,15 @@ class _Fold:
             message=f"{self.count} more findings of this rule in {where}{span}, past the first "
                     f"{MAX_FINDINGS_PER_RULE_FLOW} listed; the first of them: {f.message}",
         )
+
+
+def check_module(ctx: RuleContext, check_flow: Callable[[RuleContext, FlowResult | None, list[ForwardingRecord]],
+                                                     Iterable[Finding]],
+                 check_global: Callable[[RuleContext], Iterable[Finding]]) -> Iterator[Finding]:
+    """A module's whole ``check(ctx)``: its per-flow part over every flow (:func:`flow_groups`), then its global part."""
+    for flow, recs in flow_groups(ctx):
+        yield from check_flow(ctx, flow, recs)
+    yield from check_global(ctx)
 
 
 def flow_groups(ctx: RuleContext) -> Iterator[tuple[FlowResult | None, list[ForwardingRecord]]]:

@@ -34,7 +34,7 @@ from analyzer.flows.model import FlowResult
 from analyzer.forwarding.model import ForwardingRecord
 from analyzer.model import Endpoint
 from analyzer.protocols.base import Reply
-from analyzer.rules import RuleContext, flow_groups
+from analyzer.rules import RuleContext, check_module, flow_groups
 from analyzer.rules.base import Finding, RuleInfo, Severity
 from analyzer.rules.chains import Chain, Hop, session_key
 
@@ -366,6 +366,4 @@ def check_global(ctx: RuleContext) -> Iterator[Finding]:
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
     """Every chain finding."""
-    for flow, recs in flow_groups(ctx):
-        yield from check_flow(ctx, flow, recs)
-    yield from check_global(ctx)
+    return check_module(ctx, check_flow, check_global)

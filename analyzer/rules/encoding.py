@@ -22,7 +22,7 @@ from analyzer.forwarding.blobs import DOVECOT_REJECTS
 from analyzer.forwarding.extract import IMAP_FORWARD_PREFIX, IMAP_FORWARDING_KEYS, is_imap_forwarding_key
 from analyzer.flows.model import FlowResult
 from analyzer.forwarding.model import ForwardingRecord, ParamDetail
-from analyzer.rules import RuleContext, flow_groups
+from analyzer.rules import RuleContext, check_module
 from analyzer.rules.base import Finding, RuleInfo, Severity
 from analyzer.rules.protocol import by_command, server_software
 
@@ -612,6 +612,4 @@ def check_global(ctx: RuleContext) -> Iterator[Finding]:
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
     """Every encoding finding."""
-    for flow, recs in flow_groups(ctx):
-        yield from check_flow(ctx, flow, recs)
-    yield from check_global(ctx)
+    return check_module(ctx, check_flow, check_global)

@@ -20,7 +20,7 @@ from analyzer.flows.model import FlowResult
 from analyzer.forwarding.extract import IMAP_FORWARD_PREFIX
 from analyzer.forwarding.model import ForwardingRecord
 from analyzer.protocols.base import Command, LocatedEvent, Reply
-from analyzer.rules import RuleContext, flow_groups
+from analyzer.rules import RuleContext, check_module
 from analyzer.rules.base import Finding, RuleInfo, Severity
 from analyzer.rules.protocol import (
     LOGIN_MAX_INBUF_SIZE,
@@ -260,6 +260,4 @@ def check_global(ctx: RuleContext) -> Iterator[Finding]:
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
     """Every size-limit finding."""
-    for flow, recs in flow_groups(ctx):
-        yield from check_flow(ctx, flow, recs)
-    yield from check_global(ctx)
+    return check_module(ctx, check_flow, check_global)

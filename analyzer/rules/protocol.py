@@ -35,7 +35,7 @@ from analyzer.protocols.base import (
     Xclient,
     wire_bytes,
 )
-from analyzer.rules import RuleContext, flow_groups
+from analyzer.rules import RuleContext, check_module
 from analyzer.rules.base import Finding, RuleInfo, Severity
 
 # --- shared helpers ------------------------------------------------------------------------
@@ -699,6 +699,4 @@ def check_global(ctx: RuleContext) -> Iterator[Finding]:
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
     """Every protocol finding of every flow."""
-    for flow, recs in flow_groups(ctx):
-        yield from check_flow(ctx, flow, recs)
-    yield from check_global(ctx)
+    return check_module(ctx, check_flow, check_global)

@@ -29,7 +29,7 @@ from analyzer.forwarding.sessionid import (
     SessionIdInfo,
     decode_session_id,
 )
-from analyzer.rules import RuleContext, flow_groups
+from analyzer.rules import RuleContext, check_module
 from analyzer.rules.base import Finding, RuleInfo, Severity
 
 SESSION_KEYS = frozenset({"x-session-id", "x-session-ext-id", "session"})  # spec 1.3 / 2.3 / 3.3, lower-cased
@@ -197,6 +197,4 @@ def check_global(ctx: RuleContext) -> Iterator[Finding]:
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
     """Every per-record session-ID finding."""
-    for flow, recs in flow_groups(ctx):
-        yield from check_flow(ctx, flow, recs)
-    yield from check_global(ctx)
+    return check_module(ctx, check_flow, check_global)

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from analyzer.flows.model import FlowResult
 from analyzer.forwarding.model import ForwardingRecord
 from analyzer.protocols.base import Capabilities, Command, Greeting, Reply
-from analyzer.rules import RuleContext, flow_groups
+from analyzer.rules import RuleContext, check_module, flow_groups
 from analyzer.rules.base import Finding, RuleInfo, Severity
 from analyzer.rules.trustconf import TrustConfig, TrustDecision
 
@@ -649,6 +649,4 @@ def check_global(ctx: RuleContext) -> Iterator[Finding]:
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
     """Every trust and spoofing finding."""
-    for flow, recs in flow_groups(ctx):
-        yield from check_flow(ctx, flow, recs)
-    yield from check_global(ctx)
+    return check_module(ctx, check_flow, check_global)

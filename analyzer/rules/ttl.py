@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from analyzer.flows.model import FlowResult
 from analyzer.forwarding.model import ForwardingRecord
 from analyzer.protocols.base import Capabilities, Reply
-from analyzer.rules import RuleContext, flow_groups
+from analyzer.rules import RuleContext, check_module
 from analyzer.rules.base import Finding, RuleInfo, Severity
 from analyzer.rules.protocol import CommandInfo, by_command, command_index, event_finding, frames_text
 
@@ -241,6 +241,4 @@ def check_global(ctx: RuleContext) -> Iterator[Finding]:
 
 def check(ctx: RuleContext) -> Iterator[Finding]:
     """Every TTL finding."""
-    for flow, recs in flow_groups(ctx):
-        yield from check_flow(ctx, flow, recs)
-    yield from check_global(ctx)
+    return check_module(ctx, check_flow, check_global)
