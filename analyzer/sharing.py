@@ -20,10 +20,12 @@ _T = TypeVar("_T")
 class Sharing:
     """A bounded table of shared values: ``share(obj)`` is the first object equal to ``obj`` seen."""
 
-    __slots__ = ("size", "table", "get")
+    __slots__ = ("size", "text_max", "table", "get")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, text_max: int = 256) -> None:
         self.size = size  #: values held before the table is emptied
+        #: texts longer than this are not looked up by :meth:`text` (hashing them costs more than sharing saves)
+        self.text_max = text_max
         self.table: dict[object, object] = {}
         self.get = self.table.get  #: the shared object equal to a value, or None (no insertion)
 
@@ -36,3 +38,9 @@ class Sharing:
             table[obj] = obj
             return obj
         return hit  # type: ignore[return-value]
+
+    def text(self, value: _T) -> _T:
+        """``self(value)`` for a str or bytes not longer than :attr:`text_max`; others (and None) as given."""
+        if value is None or len(value) > self.text_max:  # type: ignore[arg-type]
+            return value
+        return self(value)

@@ -33,7 +33,6 @@ import functools
 import ipaddress
 import re
 from collections.abc import Iterable
-from typing import TypeVar
 
 from analyzer.forwarding.blobs import decode_forward_base64, decode_xrcptforward
 from analyzer.forwarding.model import ForwardingRecord, ForwardVar, ParamDetail, Reply
@@ -64,20 +63,15 @@ EXCERPT_LEN = 256
 POP3_UNTRUSTED = "You are not from trusted IP"
 
 SHARE_TABLE_SIZE = 16384  # ours: objects the sharing table holds (emptied when full): < 1 MiB of slots
-SHARE_TEXT_MAX = 256  # ours: texts and bytes longer than this are not looked up (hashing them costs)
 #: verbs records name, one object each (parsers make a new str per command)
 _VERBS = {v: v for v in ("ID", "XCLIENT", "XOIP", "XFORWARD", "RCPT", "MAIL")}
 
-_T = TypeVar("_T")
 #: immutable record parts (tuples of str/None, ParamDetail, ForwardVar, Endpoint, str, bytes)
 _share = Sharing(SHARE_TABLE_SIZE)
 
 
-def _share_text(value: _T) -> _T:
-    """:func:`_share` for a str or bytes (or None) not longer than :data:`SHARE_TEXT_MAX`."""
-    if value is None or len(value) > SHARE_TEXT_MAX:  # type: ignore[arg-type]
-        return value
-    return _share(value)
+#: a str or bytes shared when short (longer ones are not worth hashing)
+_share_text = _share.text
 
 
 def is_imap_forwarding_key(name: str) -> bool:

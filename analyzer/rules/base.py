@@ -16,7 +16,6 @@ from typing import final
 from analyzer.sharing import Sharing
 
 SHARE_TABLE_SIZE = 8192  # ours: parts the sharing table holds (emptied when full): < 0.5 MiB of slots
-SHARE_TEXT_MAX = 256  # ours: longer messages are not looked up (hashing them costs more than it saves)
 
 #: fact pairs and tuples, messages, stream and flow tuples: str, or tuples of str and int (never bool)
 _share = Sharing(SHARE_TABLE_SIZE)
@@ -75,9 +74,7 @@ class Finding:
         if facts:
             shared = get(facts) or _share(tuple([get(kv) or _share(kv) for kv in facts]))
             self.facts = shared  # type: ignore[assignment]
-        message = self.message
-        if len(message) <= SHARE_TEXT_MAX:
-            self.message = get(message) or _share(message)  # type: ignore[assignment]
+        self.message = _share.text(self.message)
         stream = self.stream
         if stream is not None:
             self.stream = get(stream) or _share(stream)  # type: ignore[assignment]

@@ -118,5 +118,5 @@ def test_sharing_table_stays_bounded() -> None:
     for i in range(extract.SHARE_TABLE_SIZE + 10):
         assert extract._share(("name", str(i))) == ("name", str(i))
     assert len(extract._share.table) <= extract.SHARE_TABLE_SIZE
-    long = "x" * (extract.SHARE_TEXT_MAX + 1)
+    long = "x" * (extract._share.text_max + 1)
     assert extract._share_text(long) is long and long not in extract._share.table
