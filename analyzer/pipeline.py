@@ -28,7 +28,7 @@ from analyzer.flows.model import FlowResult, FlowSummary
 from analyzer.flows.table import CaptureStats, Engine
 from analyzer.forwarding.extract import build_records
 from analyzer.forwarding.model import ForwardingRecord
-from analyzer.rules import RULE_BATCH_FLOWS, RuleContext, RuleRun
+from analyzer.rules import RuleContext, RuleRun
 from analyzer.rules.base import Finding
 
 
@@ -198,30 +198,26 @@ def _finish(parts: list[tuple[CaptureResult, list[FlowSummary]]], settings: Sett
     ]
     records: list[ForwardingRecord] = []
     ctx = RuleContext(records, flows_out, settings, excerpt_len=settings.excerpt_len)
-    run = RuleRun(ctx)
-    batch: list[tuple[FlowResult | None, list[ForwardingRecord]]] = []
-    held: list[tuple[FlowSummary, Any]] = []  # the batch's summaries and the events they came with
+    originals: dict[int, Any] = {}  # flow id -> the events it came with, until its batch's rules ran
 
-    def run_batch() -> None:
-        run.flows(batch)
-        for summary, events in held:
-            summary.events = events if keep_events else ()
-        batch.clear()
-        held.clear()
+    def groups() -> Iterator[tuple[FlowResult | None, list[ForwardingRecord]]]:
+        for f in flows_out:
+            s = f.summary
+            events = s.events
+            recs: list[ForwardingRecord] = []
+            if events:
+                originals[f.id] = events
+                if type(events) is not list and type(events) is not tuple:
+                    s.events = list(events)  # read once (events on disk load here) for the records and every rule
+                recs = build_records(f.id, s.capture, s.protocol, s.client, s.server, s.events)
+                records.extend(recs)
+            yield f, recs
 
-    for f in flows_out:
-        s = f.summary
-        events = s.events
-        recs: list[ForwardingRecord] = []
-        if events:
-            if type(events) is not list and type(events) is not tuple:
-                s.events = list(events)  # read once (events on disk load here) for the records and every rule
-            recs = build_records(f.id, s.capture, s.protocol, s.client, s.server, s.events)
-            records.extend(recs)
-        batch.append((f, recs))
-        held.append((s, events))
-        if len(batch) >= RULE_BATCH_FLOWS:
-            run_batch()
-    run_batch()
-    findings = run.finish()
+    def release(batch: list[tuple[FlowResult | None, list[ForwardingRecord]]]) -> None:
+        for f, _recs in batch:
+            if f is not None:
+                kept = originals.pop(f.id, ())
+                f.summary.events = kept if keep_events else ()
+
+    findings = RuleRun(ctx).over(groups(), release)
     return AnalysisResult(captures, flows_out, records, findings, list(ctx.chains), settings)

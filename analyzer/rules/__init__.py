@@ -212,9 +212,23 @@ class RuleRun:
         # facts, in the call itself: independent of the other modules)
         self._add([check(ctx, flow, recs) for check in self.flow_checks for flow, recs in batch])
 
-    def flow(self, flow: FlowResult | None, recs: list[ForwardingRecord]) -> None:
-        """Every module's per-flow rules on one flow."""
-        self.flows(((flow, recs),))
+    def over(self, groups: Iterable[tuple[FlowResult | None, list[ForwardingRecord]]],
+             after: Callable[[list[tuple[FlowResult | None, list[ForwardingRecord]]]], None] | None = None,
+             ) -> list[Finding]:
+        """:meth:`flows` over ``groups`` (flows in order with their records), :data:`RULE_BATCH_FLOWS` at a
+        time, ``after(batch)`` once each batch's rules ran; then :meth:`finish`."""
+        batch: list[tuple[FlowResult | None, list[ForwardingRecord]]] = []
+        for group in groups:
+            batch.append(group)
+            if len(batch) >= RULE_BATCH_FLOWS:
+                self.flows(batch)
+                if after is not None:
+                    after(batch)
+                batch = []
+        self.flows(batch)
+        if after is not None:
+            after(batch)
+        return self.finish()
 
     def finish(self) -> list[Finding]:
         """Hop chains, every module's global rules, and all findings sorted by key."""
@@ -230,15 +244,7 @@ class RuleRun:
 
 def run_rules(ctx: RuleContext) -> list[Finding]:
     """All findings, de-duplicated, repeats past the per-(rule, flow) cap folded, sorted by key."""
-    run = RuleRun(ctx)
-    batch: list[tuple[FlowResult | None, list[ForwardingRecord]]] = []
-    for group in flow_groups(ctx):
-        batch.append(group)
-        if len(batch) >= RULE_BATCH_FLOWS:
-            run.flows(batch)
-            batch = []
-    run.flows(batch)
-    return run.finish()
+    return RuleRun(ctx).over(flow_groups(ctx))
 
 
 def iter_rule_table() -> Iterator[tuple[str, str, str, str]]:

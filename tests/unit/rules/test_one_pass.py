@@ -118,7 +118,7 @@ def test_global_parts_never_read_events() -> None:
         ctx = _context(kept)
         run = RuleRun(ctx)
         for flow, recs in flow_groups(ctx):
-            run.flow(flow, recs)
+            run.flows([(flow, recs)])
             if flow is not None:
                 flow.summary.events = _Gone()
         assert run.finish() == kept.findings
