@@ -81,7 +81,7 @@ from analyzer.config import Settings
 from analyzer.flows.model import FlowSummary
 from analyzer.flows.table import MAX_TRACKED_FLOWS, CaptureStats, Decoded, Engine, Scanner, ScanResult, key_hash, \
     merge_decoded
-from analyzer.pipeline import CaptureResult, analyze_capture, gc_tuned, unusable_reason
+from analyzer.pipeline import CaptureResult, analyze_capture, gc_tuned, run_spool, unusable_reason
 
 #: classic pcap files smaller than this are read whole by one worker (ours: below it the
 #: split, count and spill stages cost more than a second core gains; measured in docs/dask.md)
@@ -754,7 +754,8 @@ def analyze_files(paths: Sequence[str], settings: Settings, *, jobs: int, progre
         if lay is None or lay.size < split_min_bytes:  # one whole file: no pool to start
             return [analyze_capture(paths[0], 0, settings, progress=progress, keep_streams=keep_streams)]
     elif _input_bytes(paths) < split_min_bytes:  # small inputs: starting the pool costs more than it gains
-        return [analyze_capture(p, i, settings, progress=progress, keep_streams=keep_streams)
+        spool = run_spool(settings)
+        return [analyze_capture(p, i, settings, progress=progress, keep_streams=keep_streams, spool=spool)
                 for i, p in enumerate(paths)]
     ex = LocalExecutor(jobs)
     try:

@@ -25,6 +25,7 @@ from analyzer.capture.decode import Decoder
 from analyzer.config import Settings
 from analyzer.errors import CaptureFormatError, ConfigError
 from analyzer.flows.model import FlowResult, FlowSummary
+from analyzer.flows.spool import EventSpool
 from analyzer.flows.table import CaptureStats, Engine
 from analyzer.forwarding.extract import build_records
 from analyzer.forwarding.model import ForwardingRecord
@@ -106,9 +107,19 @@ def unusable_reason(path: str, info: CaptureInfo, issue_counts: dict[str, int]) 
     return None
 
 
+def run_spool(settings: Settings) -> EventSpool:
+    """The event spool the captures read in one process share (one budget for the whole run)."""
+    return EventSpool(settings.limits.events_in_memory)
+
+
 def analyze_capture(path: str, index: int, settings: Settings, *, progress: bool = False,
-                    keep_streams: bool = False) -> tuple[CaptureResult, list[FlowSummary]]:
-    """Read one capture file in this process: its capture result and its flows in first-frame order."""
+                    keep_streams: bool = False, spool: EventSpool | None = None,
+                    ) -> tuple[CaptureResult, list[FlowSummary]]:
+    """Read one capture file in this process: its capture result and its flows in first-frame order.
+
+    ``spool``: where ended flows' events go past the budget; give the captures of one run the same
+    one (:func:`run_spool`), so the budget holds for the run, not for each file.
+    """
     t0 = time.monotonic()
     try:
         cap = open_capture(path)
@@ -117,7 +128,7 @@ def analyze_capture(path: str, index: int, settings: Settings, *, progress: bool
     with cap:
         decoder = Decoder()
         show = _progress_line(lambda: cap.info, path) if progress else None
-        engine = Engine(settings, keep_streams=keep_streams, progress=show)
+        engine = Engine(settings, keep_streams=keep_streams, progress=show, spool=spool)
         flows, stats = engine.run(cap.packets(), index, decoder)
         if show is not None:
             show(stats.packets)
@@ -164,7 +175,8 @@ def _analyze(paths: list[str], settings: Settings, progress: bool, keep_streams:
 
         n = jobs if jobs >= 1 else usable_cores()
         if n == 1:
-            parts = [analyze_capture(p, i, settings, progress=progress, keep_streams=keep_streams)
+            spool = run_spool(settings)
+            parts = [analyze_capture(p, i, settings, progress=progress, keep_streams=keep_streams, spool=spool)
                      for i, p in enumerate(paths)]
         else:
             parts = analyze_files(paths, settings, jobs=n, progress=progress, keep_streams=keep_streams)

@@ -121,14 +121,6 @@ class EventSpool:
             cache.popitem(last=False)
         return events
 
-    def close(self) -> None:
-        """Drop the file (the flows still pointing at it must not be read after this)."""
-        self._cache.clear()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-            self._fd = -1
-
 
 class SpooledEvents(Sequence[LocatedEvent]):
     """A flow's events in the spool file: a read-only sequence that loads them on access."""

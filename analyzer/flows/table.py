@@ -481,7 +481,8 @@ class Engine:
                  progress: Callable[[int], None] | None = None, max_tracked_flows: int = MAX_TRACKED_FLOWS,
                  spool: EventSpool | None = None) -> None:
         self.settings = settings
-        #: where ended flows' events go past Limits.events_in_memory (one per run when the caller shares it)
+        #: where ended flows' events go past Limits.events_in_memory (analyzer.pipeline.run_spool shares one
+        #: between the captures of a run; else this engine's own)
         self.spool = spool if spool is not None else EventSpool(settings.limits.events_in_memory)
         self.keep_streams = keep_streams
         self.progress = progress

@@ -122,3 +122,29 @@ def test_reports_identical_when_spooling(budget: int, monkeypatch: pytest.Monkey
     assert plain.keys() == spooled.keys()
     for name in plain:
         assert plain[name] == spooled[name], name
+
+
+def test_the_captures_of_a_run_share_one_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two captures read in one process: the second's ended flows spool once the first filled the budget."""
+    from analyzer.pipeline import analyze_capture, run_spool
+
+    path = str(ROOT / "captures" / "sample.pcapng")
+    alone = EventSpool(budget=10**9)
+    analyze_capture(path, 0, Settings(), spool=alone)
+    assert alone.held > 0  # flows that end during the capture
+    written: list[int] = []
+    put = EventSpool._put
+
+    def counting_put(self: EventSpool, events: Any) -> SpooledEvents | None:
+        out = put(self, events)
+        written.append(len(events))
+        return out
+
+    monkeypatch.setattr(EventSpool, "_put", counting_put)
+    settings = replace(Settings(), limits=Limits(events_in_memory=alone.held))
+    spool = run_spool(settings)
+    analyze_capture(path, 0, settings, spool=spool)
+    assert written == [] and spool.held == alone.held  # the first capture fills the budget exactly
+    analyze_capture(path, 1, settings, spool=spool)
+    assert sum(written) == alone.held and spool.held == alone.held  # the second one's go to the file
+    assert _reports([path, path], Limits(events_in_memory=alone.held)) == _reports([path, path], Limits())
