@@ -240,16 +240,13 @@ class FlowSummary:
         self.bytes_to_server = bytes_to_server
         self.bytes_to_client = bytes_to_client
         self.events = events
-        if rare is None and (gaps_to_server or gaps_to_client or gap_bytes_to_server or gap_bytes_to_client
-                             or retransmitted_bytes or overlap_conflicts or out_of_window_to_server
-                             or out_of_window_to_client or late_bytes_to_server or late_bytes_to_client
-                             or after_fin_bytes_to_server or after_fin_bytes_to_client or events_elided
-                             or commands_elided or replies_elided or streams is not None):
-            rare = RareCounts(gaps_to_server, gaps_to_client, gap_bytes_to_server, gap_bytes_to_client,
-                              retransmitted_bytes, overlap_conflicts, out_of_window_to_server,
-                              out_of_window_to_client, late_bytes_to_server, late_bytes_to_client,
-                              after_fin_bytes_to_server, after_fin_bytes_to_client, events_elided,
-                              commands_elided, replies_elided, streams)
+        if rare is None:
+            counts = (gaps_to_server, gaps_to_client, gap_bytes_to_server, gap_bytes_to_client, retransmitted_bytes,
+                      overlap_conflicts, out_of_window_to_server, out_of_window_to_client, late_bytes_to_server,
+                      late_bytes_to_client, after_fin_bytes_to_server, after_fin_bytes_to_client, events_elided,
+                      commands_elided, replies_elided)  # RareCounts' fields, in order
+            if any(counts) or streams is not None:
+                rare = RareCounts(*counts, streams)
         self.rare = rare
 
     @property
